@@ -1,0 +1,330 @@
+//! The REST gateway: a thin axum layer that turns public JSON into gRPC calls.
+//!
+//! Routes are not written by hand: every RPC of a served service that carries `google.api.http`
+//! is reachable, transcoded with the proto3 JSON mapping through the kit's dynamic caller. Every
+//! failure is `application/problem+json`. `x-correlation-id` is accepted or generated, echoed
+//! and forwarded. `GET /openapi.json` is generated from the same descriptors. OFREP flag
+//! evaluation lives under `/ofrep/v1`.
+//!
+//! | module | job |
+//! | --- | --- |
+//! | [`template`] | path templates: parse, match, OpenAPI form |
+//! | [`routes`] | the route table from descriptors |
+//! | [`transcode`] | REST ⇄ proto3 JSON ⇄ protobuf |
+//! | [`problem`] | RFC 7807 answers |
+//! | [`openapi`] | OpenAPI 3.1 document |
+//! | [`ofrep`] | OpenFeature Remote Evaluation Protocol endpoints |
+#![forbid(unsafe_code)]
+
+pub mod ofrep;
+pub mod openapi;
+pub mod problem;
+pub mod routes;
+pub mod template;
+pub mod transcode;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use maxai_kit::{
+    dynamic::DynamicClient,
+    telemetry::{correlation_id, CorrelationId, CORRELATION_HEADER},
+};
+use serde::Deserialize;
+use tonic::{metadata::MetadataValue, transport::Channel};
+
+use crate::{problem::Problem, routes::Route};
+
+/// `[gateway]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// gRPC address of the services; empty means this process's own gRPC listener.
+    pub upstream: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Deadline for one upstream call, in milliseconds.
+    pub timeout_ms: u64,
+    /// gRPC connections to the upstream; 2-4 carry more than one under load.
+    pub upstream_connections: usize,
+}
+
+/// Everything a request handler needs.
+pub struct Gateway {
+    routes: Vec<Route>,
+    clients: Vec<DynamicClient>,
+    next: AtomicUsize,
+    config: GatewayConfig,
+    services: Vec<String>,
+    health: Channel,
+}
+
+impl Gateway {
+    /// Routes for `services` (full names) over connections to `upstream` (`http://host:port`).
+    pub fn new(
+        config: GatewayConfig,
+        upstream: &str,
+        services: Vec<String>,
+        max_message_bytes: usize,
+    ) -> anyhow::Result<Arc<Self>> {
+        let routes = routes::build(&services)?;
+        let endpoint = Channel::from_shared(upstream.to_owned())?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true);
+        let clients = (0..config.upstream_connections.max(1))
+            .map(|_| DynamicClient::new(endpoint.connect_lazy(), max_message_bytes))
+            .collect();
+        Ok(Arc::new(Gateway {
+            routes,
+            clients,
+            next: AtomicUsize::new(0),
+            config,
+            services,
+            health: endpoint.connect_lazy(),
+        }))
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    fn client(&self) -> &DynamicClient {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        &self.clients[i]
+    }
+
+    /// Forwards the caller's identity and correlation to a gRPC request.
+    fn metadata<T>(
+        &self,
+        req: &mut tonic::Request<T>,
+        headers: &http::HeaderMap,
+        correlation: &str,
+    ) {
+        let md = req.metadata_mut();
+        if let Ok(v) = MetadataValue::try_from(correlation) {
+            md.insert(CORRELATION_HEADER, v);
+        }
+        for name in ["authorization", "traceparent", "tracestate"] {
+            if let Some(v) = headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| MetadataValue::try_from(v).ok())
+            {
+                md.insert(name, v);
+            }
+        }
+        req.set_timeout(Duration::from_millis(self.config.timeout_ms.max(1)));
+    }
+}
+
+/// The gateway's router: transcoded routes, OpenAPI, OFREP, health.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::handler))
+        .nest("/ofrep/v1", ofrep::router())
+        .fallback(transcoded)
+        .layer(middleware::from_fn(correlate))
+        .with_state(gateway)
+}
+
+/// Accepts or generates the correlation id, echoes it, records RED metrics, and turns axum's
+/// own plain-text rejections into problem+json.
+async fn correlate(mut req: Request, next: Next) -> Response {
+    let id = correlation_id(
+        req.headers()
+            .get(CORRELATION_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    req.extensions_mut().insert(CorrelationId(id.clone()));
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "transcoded".to_owned());
+    let start = Instant::now();
+    let mut resp = next.run(req).await;
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !resp.status().is_success()
+        && !is_problem
+        && resp.status() != StatusCode::NOT_MODIFIED
+        && !resp.status().is_redirection()
+    {
+        let status = resp.status();
+        resp = Problem::new(
+            status,
+            "BAD_REQUEST",
+            status.canonical_reason().unwrap_or("request refused"),
+        )
+        .correlated(&id)
+        .into_response();
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(CORRELATION_HEADER, v);
+    }
+    let route = resp
+        .extensions()
+        .get::<RouteLabel>()
+        .map(|l| l.0.clone())
+        .unwrap_or(route);
+    maxai_kit::metrics::record_http(
+        &route,
+        &method,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+/// The route template a transcoded request matched, for metric labels.
+#[derive(Clone)]
+struct RouteLabel(String);
+
+fn correlation(req: &Request) -> String {
+    req.extensions()
+        .get::<CorrelationId>()
+        .map(|c| c.0.clone())
+        .unwrap_or_default()
+}
+
+/// Reads the whole body within the configured limit.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, Problem> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("the request body is larger than {limit} bytes"),
+        )),
+        Err(_) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_BODY",
+            "the request body could not be read",
+        )),
+    }
+}
+
+async fn transcoded(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let id = correlation(&req);
+    match transcoded_inner(&gw, req).await {
+        Ok(resp) => resp,
+        Err(p) => p.correlated(&id).into_response(),
+    }
+}
+
+async fn transcoded_inner(gw: &Gateway, req: Request) -> Result<Response, Problem> {
+    let path = req.uri().path().to_owned();
+    let mut allowed: Vec<Method> = Vec::new();
+    let mut found = None;
+    for route in &gw.routes {
+        if let Some(bound) = route.template.matches(&path) {
+            if route.http_method == req.method() {
+                found = Some((route, bound));
+                break;
+            }
+            if !allowed.contains(&route.http_method) {
+                allowed.push(route.http_method.clone());
+            }
+        }
+    }
+    let Some((route, bound)) = found else {
+        if allowed.is_empty() {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "ROUTE_NOT_FOUND",
+                format!("no route for {path}"),
+            ));
+        }
+        let mut p = Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!("{} is not allowed on {path}", req.method()),
+        );
+        p.allow = Some(
+            allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        return Err(p);
+    };
+    let id = correlation(&req);
+    let query = req.uri().query().map(str::to_owned);
+    let (parts, body) = req.into_parts();
+    if !route.body.is_empty() {
+        let json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|ct| ct.starts_with("application/json") || ct.ends_with("+json"));
+        if !json {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "send the body as application/json",
+            ));
+        }
+    }
+    let bytes = read_body(body, gw.config.max_body_bytes).await?;
+    let message = transcode::request(route, bound, query.as_deref(), &bytes)?;
+    let mut grpc_req = tonic::Request::new(message);
+    gw.metadata(&mut grpc_req, &parts.headers, &id);
+    let reply = gw
+        .client()
+        .unary(&route.method, grpc_req)
+        .await
+        .map_err(|s| Problem::from_status(&s))?;
+    let mut resp = Json(transcode::response(route, reply.get_ref())).into_response();
+    resp.extensions_mut()
+        .insert(RouteLabel(route.template.raw().to_owned()));
+    Ok(resp)
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(gw.health.clone());
+    for service in &gw.services {
+        let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+            service: service.clone(),
+        });
+        req.set_timeout(Duration::from_secs(2));
+        let serving = matches!(
+            client.check(req).await.map(|r| r.into_inner().status()),
+            Ok(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        );
+        if !serving {
+            return Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NOT_READY",
+                format!("{service} is not serving"),
+            )
+            .into_response();
+        }
+    }
+    Json(serde_json::json!({"status": "ready", "services": gw.services})).into_response()
+}

@@ -1,0 +1,194 @@
+//! OpenAPI 3.1 document generated from the same descriptors as the routes, so the two cannot
+//! drift: one operation per route, schemas per message in the proto3 JSON mapping.
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{extract::State, Json};
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use serde_json::{json, Map, Value};
+
+use crate::{routes::Route, Gateway};
+
+pub async fn handler(State(gw): State<Arc<Gateway>>) -> Json<Value> {
+    Json(document(gw.routes()))
+}
+
+pub fn document(routes: &[Route]) -> Value {
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut schemas: BTreeMap<String, Value> = BTreeMap::new();
+    for route in routes {
+        let (path, path_params) = route.template.openapi_path();
+        let input = route.method.input();
+        let mut parameters: Vec<Value> = path_params
+            .iter()
+            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let bound = route.template.fields();
+        if route.body != "*" {
+            for field in input.fields() {
+                let top_bound = bound
+                    .iter()
+                    .any(|b| b == field.name() || b.starts_with(&format!("{}.", field.name())));
+                if top_bound
+                    || field.name() == route.body
+                    || matches!(field.kind(), Kind::Message(ref m) if !is_scalar_wkt(m))
+                {
+                    continue;
+                }
+                parameters.push(json!({"name": field.json_name(), "in": "query", "required": false, "schema": field_schema(&field, &mut schemas)}));
+            }
+        }
+        let mut op = Map::new();
+        op.insert("operationId".into(), json!(route.method.full_name()));
+        op.insert(
+            "tags".into(),
+            json!([route.method.parent_service().full_name()]),
+        );
+        op.insert("parameters".into(), Value::Array(parameters));
+        match route.body.as_str() {
+            "" => {}
+            "*" => {
+                op.insert("requestBody".into(), json!({"required": true, "content": {"application/json": {"schema": message_ref(&input, &mut schemas)}}}));
+            }
+            field => {
+                if let Some(f) = input.get_field_by_name(field) {
+                    op.insert("requestBody".into(), json!({"required": true, "content": {"application/json": {"schema": field_schema(&f, &mut schemas)}}}));
+                }
+            }
+        }
+        let output = route.method.output();
+        let response_schema = match output.get_field_by_name(&route.response_body) {
+            Some(f) if !route.response_body.is_empty() => field_schema(&f, &mut schemas),
+            _ => message_ref(&output, &mut schemas),
+        };
+        op.insert(
+            "responses".into(),
+            json!({
+                "200": {"description": "OK", "content": {"application/json": {"schema": response_schema}}},
+                "default": {"description": "Error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+            }),
+        );
+        if route.auth.public {
+            op.insert("security".into(), json!([]));
+        } else {
+            op.insert("x-maxai-permission".into(), json!(route.auth.permission));
+            if !route.auth.resource_field.is_empty() {
+                op.insert(
+                    "x-maxai-resource-field".into(),
+                    json!(route.auth.resource_field),
+                );
+            }
+        }
+        paths.entry(path).or_default().insert(
+            route.http_method.as_str().to_ascii_lowercase(),
+            Value::Object(op),
+        );
+    }
+    schemas.insert(
+        "Problem".into(),
+        json!({
+            "type": "object",
+            "description": "RFC 7807 problem details",
+            "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                "detail": {"type": "string"}, "code": {"type": "string"}, "correlation_id": {"type": "string"},
+                "violations": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": "string"}, "description": {"type": "string"}}}}
+            },
+            "required": ["type", "title", "status", "code"]
+        }),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "MaxAI Platform API", "version": "v1", "description": "Generated from the gRPC contracts' google.api.http annotations."},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    })
+}
+
+fn is_scalar_wkt(m: &MessageDescriptor) -> bool {
+    matches!(
+        m.full_name(),
+        "google.protobuf.Timestamp" | "google.protobuf.Duration" | "google.protobuf.FieldMask"
+    )
+}
+
+fn message_ref(m: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -> Value {
+    if let Some(wkt) = wkt_schema(m) {
+        return wkt;
+    }
+    let name = m.full_name().to_owned();
+    if !schemas.contains_key(&name) {
+        schemas.insert(name.clone(), json!({}));
+        let mut props = Map::new();
+        for f in m.fields() {
+            props.insert(f.json_name().to_owned(), field_schema(&f, schemas));
+        }
+        schemas.insert(
+            name.clone(),
+            json!({"type": "object", "properties": props, "additionalProperties": false}),
+        );
+    }
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn wkt_schema(m: &MessageDescriptor) -> Option<Value> {
+    Some(match m.full_name() {
+        "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
+        "google.protobuf.Duration" => {
+            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"})
+        }
+        "google.protobuf.FieldMask" => {
+            json!({"type": "string", "description": "comma-separated field paths"})
+        }
+        "google.protobuf.Struct" => json!({"type": "object"}),
+        "google.protobuf.Value" => json!({}),
+        "google.protobuf.ListValue" => json!({"type": "array"}),
+        "google.protobuf.Empty" => json!({"type": "object"}),
+        "google.protobuf.StringValue" => json!({"type": "string"}),
+        "google.protobuf.BoolValue" => json!({"type": "boolean"}),
+        "google.protobuf.Int32Value" | "google.protobuf.UInt32Value" => json!({"type": "integer"}),
+        "google.protobuf.Int64Value" | "google.protobuf.UInt64Value" => {
+            json!({"type": "string", "format": "int64"})
+        }
+        "google.protobuf.DoubleValue" | "google.protobuf.FloatValue" => json!({"type": "number"}),
+        _ => return None,
+    })
+}
+
+fn kind_schema(kind: &Kind, schemas: &mut BTreeMap<String, Value>) -> Value {
+    match kind {
+        Kind::String => json!({"type": "string"}),
+        Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
+        Kind::Bool => json!({"type": "boolean"}),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            json!({"type": "integer", "format": "int32"})
+        }
+        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int32", "minimum": 0}),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
+            json!({"type": "string", "format": "int64"})
+        }
+        Kind::Float | Kind::Double => json!({"type": "number"}),
+        Kind::Enum(e) => {
+            json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
+        }
+        Kind::Message(m) => message_ref(m, schemas),
+    }
+}
+
+fn field_schema(f: &FieldDescriptor, schemas: &mut BTreeMap<String, Value>) -> Value {
+    if f.is_map() {
+        if let Kind::Message(entry) = f.kind() {
+            let value = entry.map_entry_value_field();
+            return json!({"type": "object", "additionalProperties": kind_schema(&value.kind(), schemas)});
+        }
+    }
+    let item = kind_schema(&f.kind(), schemas);
+    if f.is_list() {
+        json!({"type": "array", "items": item})
+    } else {
+        item
+    }
+}

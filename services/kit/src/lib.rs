@@ -1,0 +1,29 @@
+//! Shared plumbing every MaxAI service uses, so each service crate holds only its domain.
+//!
+//! | module | job |
+//! | --- | --- |
+//! | [`config`] | typed config: embedded defaults → file → `MAXAI_…` env, unknown keys rejected |
+//! | [`telemetry`] | JSON logs via tracing, correlation ids |
+//! | [`error`] | one [`error::ErrorKind`] list mapped to gRPC codes (rich details) and HTTP |
+//! | [`server`] | gRPC server assembly: health, reflection, metrics, graceful shutdown |
+//! | [`storage`] | sqlx pool by URL scheme (PostgreSQL schema / SQLite file per service), migrations |
+//! | [`shared_state`] | cache and pub/sub notification: Redis (fred) or memory |
+//! | [`metrics`] | RED metrics per RPC and route, Prometheus exporter |
+//! | [`descriptors`] | the contracts' descriptor pool and their `http` / `auth` options |
+//! | [`dynamic`] | JSON ⇄ protobuf calls to any RPC through the descriptor pool |
+//! | [`paging`] | AIP-158 page sizes and tokens |
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod descriptors;
+pub mod dynamic;
+pub mod error;
+pub mod metrics;
+pub mod paging;
+pub mod server;
+pub mod shared_state;
+pub mod storage;
+pub mod telemetry;
+
+pub use error::{Error, ErrorKind, Result};
+pub use tokio_util::sync::CancellationToken;

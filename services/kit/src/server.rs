@@ -1,0 +1,96 @@
+//! gRPC server assembly shared by every service: health (tonic-health), reflection, telemetry
+//! and metrics, message-size limits (set on each generated server by its `routes()`), and the
+//! shutdown sequence SIGTERM → NOT_SERVING → drain → close.
+use std::{future::Future, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::{server::HealthReporter, ServingStatus};
+
+use crate::metrics::GrpcTelemetryLayer;
+
+/// What one process serves over gRPC.
+pub struct GrpcApp {
+    pub routes: Routes,
+    /// Full names of the services in `routes` (e.g. `maxai.flags.v1.FeatureFlagsService`):
+    /// each gets a health status and is listed by reflection.
+    pub service_names: Vec<String>,
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled, then reports NOT_SERVING for every
+/// service, waits `drain` so load balancers stop routing here, and finishes in-flight calls.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    app: GrpcApp,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_all(&reporter, &app.service_names, ServingStatus::Serving).await;
+
+    let mut reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(maxai_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    for name in &app.service_names {
+        reflection = reflection.with_service_name(name.clone());
+    }
+    let reflection = reflection.build_v1()?;
+
+    let names = app.service_names.clone();
+    let stop = async move {
+        shutdown.cancelled().await;
+        set_all(&reporter, &names, ServingStatus::NotServing).await;
+        tracing::info!(drain_secs = drain.as_secs(), "grpc not serving, draining");
+        tokio::time::sleep(drain).await;
+    };
+    let routes = app
+        .routes
+        .add_service(health_service)
+        .add_service(reflection);
+    tonic::transport::Server::builder()
+        .layer(GrpcTelemetryLayer)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .await?;
+    Ok(())
+}
+
+async fn set_all(reporter: &HealthReporter, names: &[String], status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in names {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub fn cancel_on_signal(token: CancellationToken) -> impl Future<Output = ()> {
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        tracing::info!("shutdown requested");
+        token.cancel();
+    }
+}

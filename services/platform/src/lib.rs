@@ -1,0 +1,224 @@
+//! The composition root: which services exist, how one process runs some or all of them with
+//! the gateway and the metrics endpoint, and how migrations are applied.
+#![forbid(unsafe_code)]
+
+pub mod config;
+
+use std::{net::SocketAddr, time::Instant};
+
+use anyhow::Context;
+use maxai_kit::{
+    server::{serve_grpc, GrpcApp},
+    shared_state::SharedState,
+    storage, CancellationToken,
+};
+use tokio::{net::TcpListener, task::JoinSet};
+
+pub use config::PlatformConfig;
+
+/// A component `maxai serve` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    FeatureFlags,
+    Gateway,
+}
+
+impl Component {
+    pub const ALL: [Component; 2] = [Component::FeatureFlags, Component::Gateway];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::FeatureFlags => "feature-flags",
+            Component::Gateway => "gateway",
+        }
+    }
+
+    /// Parses a name; services whose contracts exist but whose implementation has not landed
+    /// are named as such, so an operator is not left guessing.
+    pub fn parse(name: &str) -> anyhow::Result<Self> {
+        if let Some(c) = Component::ALL
+            .into_iter()
+            .find(|c| c.name() == name || (name == "flags" && *c == Component::FeatureFlags))
+        {
+            return Ok(c);
+        }
+        if PLANNED.contains(&name) {
+            anyhow::bail!("service {name} has its contract under proto/ but is not implemented in this release");
+        }
+        anyhow::bail!(
+            "unknown service {name}; known: {}",
+            Component::ALL.map(Component::name).join(", ")
+        )
+    }
+}
+
+/// Services whose contracts are published but whose implementation is still to come.
+pub const PLANNED: [&str; 6] = [
+    "iam",
+    "prompt",
+    "webhook-ingress",
+    "orchestrator",
+    "billing-usage",
+    "payments",
+];
+
+/// gRPC services the gateway routes to (those implemented).
+pub fn routed_services() -> Vec<String> {
+    vec![maxai_feature_flags::SERVICE_NAME.to_owned()]
+}
+
+/// Where a running platform listens.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    pub grpc: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub metrics: SocketAddr,
+}
+
+/// Bound sockets, so tests can pass port 0 and read the real ports.
+pub struct Sockets {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+    pub metrics: TcpListener,
+}
+
+impl Sockets {
+    pub async fn bind(config: &PlatformConfig) -> anyhow::Result<Self> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for {what} on {addr}"))
+        };
+        Ok(Sockets {
+            grpc: bind(config.server.grpc_addr, "gRPC").await?,
+            http: bind(config.server.http_addr, "REST").await?,
+            metrics: bind(config.server.metrics_addr, "metrics").await?,
+        })
+    }
+}
+
+/// Runs `components` until `shutdown` is cancelled. `ready` receives the listeners once every
+/// component is serving.
+pub async fn run(
+    config: PlatformConfig,
+    components: &[Component],
+    sockets: Sockets,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(Listeners),
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let shared = SharedState::connect(&config.storage)
+        .await
+        .context("cache/notifier (storage.redis_url)")?;
+    let mut tasks = JoinSet::new();
+    let mut listeners = Listeners {
+        grpc: None,
+        http: None,
+        metrics: sockets.metrics.local_addr()?,
+    };
+
+    let mut routes = tonic::service::RoutesBuilder::default();
+    let mut names = Vec::new();
+    if components.contains(&Component::FeatureFlags) {
+        let flags = maxai_feature_flags::start(
+            &config.flags,
+            &config.storage,
+            &shared,
+            config.server.max_message_bytes,
+            shutdown.clone(),
+        )
+        .await
+        .context("feature-flags")?;
+        routes.add_service(flags);
+        names.push(maxai_feature_flags::SERVICE_NAME.to_owned());
+    }
+    if !names.is_empty() {
+        listeners.grpc = Some(sockets.grpc.local_addr()?);
+        let app = GrpcApp {
+            routes: routes.routes(),
+            service_names: names,
+        };
+        let (token, drain) = (shutdown.clone(), config.server.drain());
+        tasks.spawn(async move {
+            serve_grpc(sockets.grpc, app, token, drain)
+                .await
+                .context("gRPC server")
+        });
+    }
+    if components.contains(&Component::Gateway) {
+        let upstream = match listeners.grpc {
+            Some(addr) if config.gateway.upstream.is_empty() => {
+                format!("http://{}", loopback(addr))
+            }
+            _ => config.upstream(),
+        };
+        let gateway = maxai_gateway::Gateway::new(
+            config.gateway.clone(),
+            &upstream,
+            routed_services(),
+            config.server.max_message_bytes,
+        )?;
+        listeners.http = Some(sockets.http.local_addr()?);
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(sockets.http, maxai_gateway::router(gateway))
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+                .context("REST gateway")
+        });
+    }
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(sockets.metrics, maxai_kit::metrics::router())
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+            .context("metrics endpoint")
+    });
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        backend = shared.backend,
+        "platform serving"
+    );
+    ready(listeners);
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next().await {
+        let outcome = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            tracing::error!(error = %format!("{e:#}"), "component stopped");
+            shutdown.cancel();
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+fn loopback(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+/// Applies the migrations of `components` (services only) and returns what ran.
+pub async fn migrate(
+    config: &PlatformConfig,
+    components: &[Component],
+) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    for c in components {
+        match c {
+            Component::FeatureFlags => {
+                let db = storage::connect(
+                    &config.storage,
+                    maxai_feature_flags::STORAGE_NAME,
+                    &maxai_feature_flags::MIGRATIONS,
+                )
+                .await?;
+                done.push(format!("{} ({})", c.name(), db.dialect()));
+                db.close().await;
+            }
+            Component::Gateway => {}
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,92 @@
+//! `maxai`: run the MaxAI Platform.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use maxai_kit::{server::cancel_on_signal, telemetry, CancellationToken};
+use maxai_platform::{migrate, run, Component, Listeners, PlatformConfig, Sockets};
+
+#[derive(Parser)]
+#[command(
+    name = "maxai",
+    version,
+    about = "MaxAI Platform: multi-tenant backend for AI voice and SMS agents"
+)]
+struct Cli {
+    /// TOML file overriding the embedded defaults (see services/platform/config/default.toml).
+    #[arg(long, global = true, env = "MAXAI_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process: every service, the REST gateway and metrics.
+    /// Without DATABASE_URL / REDIS_URL it needs nothing else (SQLite under ./data, memory cache).
+    Up,
+    /// Run only the named components, as Kubernetes does (e.g. `maxai serve feature-flags`).
+    Serve {
+        /// feature-flags, gateway
+        #[arg(required = true)]
+        components: Vec<String>,
+    },
+    /// Apply the database migrations of every service (or the named ones) and exit.
+    Migrate { components: Vec<String> },
+}
+
+fn parse_components(names: &[String]) -> anyhow::Result<Vec<Component>> {
+    if names.is_empty() {
+        return Ok(Component::ALL.to_vec());
+    }
+    names.iter().map(|n| Component::parse(n)).collect()
+}
+
+fn banner(l: &Listeners) {
+    let http = l.http.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+    let grpc = l.grpc.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+    println!(
+        "\nMaxAI Platform is up\n  REST     http://{http}   (OpenAPI: http://{http}/openapi.json)\n  gRPC     {grpc}   (health + reflection: grpcurl -plaintext {grpc} list)\n  metrics  http://{}/metrics\n\nTry:\n  curl -s -X POST http://{http}/v1/flags?flagId=new-dashboard -H 'content-type: application/json' \\\n    -d '{{\"description\":\"New dashboard\",\"stage\":\"STAGE_BETA\",\"environments\":[{{\"environment\":\"production\",\"enabled\":true,\"rolloutBasisPoints\":5000}}]}}'\n  curl -s -X POST http://{http}/v1/flags/new-dashboard:evaluate -H 'content-type: application/json' -d '{{\"context\":{{\"tenantId\":\"acme\"}}}}'\n  curl -s -X POST http://{http}/ofrep/v1/evaluate/flags -H 'content-type: application/json' -d '{{\"context\":{{\"tenantId\":\"acme\"}}}}'\n",
+        l.metrics
+    );
+}
+
+async fn main_inner(cli: Cli) -> anyhow::Result<()> {
+    let config = PlatformConfig::load(cli.config.as_deref())?;
+    telemetry::init(&config.telemetry);
+    match cli.command {
+        Command::Up | Command::Serve { .. } => {
+            let (components, show_banner) = match &cli.command {
+                Command::Serve { components } => (parse_components(components)?, false),
+                _ => (Component::ALL.to_vec(), true),
+            };
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let sockets = Sockets::bind(&config).await?;
+            run(config, &components, sockets, shutdown, |l| {
+                if show_banner {
+                    banner(&l);
+                }
+            })
+            .await
+        }
+        Command::Migrate { components } => {
+            let components = parse_components(&components)?;
+            for done in migrate(&config, &components).await? {
+                println!("migrated {done}");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match main_inner(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("maxai: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

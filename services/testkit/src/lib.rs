@@ -1,0 +1,180 @@
+//! Test harness shared by every crate's tests.
+//!
+//! - [`backends`]: SQLite (a temporary folder) always, and PostgreSQL (a fresh database) plus
+//!   Redis (a fresh key prefix) when they are reachable. Under CI (`CI=true`) an unreachable
+//!   PostgreSQL or Redis fails the test instead of skipping it.
+//! - [`serve_grpc`] / [`serve_gateway`]: real servers on 127.0.0.1 port 0, stopped on drop.
+#![forbid(unsafe_code)]
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use maxai_kit::{
+    config::StorageConfig,
+    server::{serve_grpc as kit_serve, GrpcApp},
+    CancellationToken,
+};
+use secrecy::SecretString;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::net::TcpListener;
+
+/// PostgreSQL holding the per-test databases (`MAXAI_TEST_POSTGRES_URL` overrides).
+pub fn postgres_admin_url() -> String {
+    std::env::var("MAXAI_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Redis for tests (`MAXAI_TEST_REDIS_URL` overrides).
+pub fn redis_url() -> String {
+    std::env::var("MAXAI_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// One storage setup a test runs against.
+pub struct Backend {
+    pub name: &'static str,
+    pub storage: StorageConfig,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn storage(database_url: String, data_dir: PathBuf, redis_url: String) -> StorageConfig {
+    StorageConfig {
+        database_url: SecretString::from(database_url),
+        data_dir,
+        redis_url: SecretString::from(redis_url),
+        redis_prefix: format!("maxai-test-{}:", uuid::Uuid::new_v4().simple()),
+        max_connections: 8,
+    }
+}
+
+/// SQLite in a fresh temporary folder, in-process cache.
+pub fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    Backend {
+        name: "sqlite",
+        storage: storage(String::new(), dir.path().to_path_buf(), String::new()),
+        _dir: Some(dir),
+    }
+}
+
+/// A fresh PostgreSQL database and a fresh Redis prefix, or `None` (outside CI) when either is
+/// unreachable.
+pub async fn postgres() -> Option<Backend> {
+    let admin = postgres_admin_url();
+    let mut conn =
+        match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&admin)).await {
+            Ok(Ok(c)) => c,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                assert!(!in_ci(), "PostgreSQL at {admin} is required in CI: {why}");
+                eprintln!("skipping PostgreSQL backend: {why}");
+                return None;
+            }
+        };
+    if !redis_reachable().await {
+        assert!(!in_ci(), "Redis at {} is required in CI", redis_url());
+        eprintln!("skipping PostgreSQL + Redis backend: Redis unreachable");
+        return None;
+    }
+    let name = format!("maxai_t_{}", uuid::Uuid::new_v4().simple());
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create test database");
+    let _ = conn.close().await;
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_owned())
+        .unwrap_or(admin);
+    Some(Backend {
+        name: "postgres",
+        storage: storage(
+            format!("{base}/{name}"),
+            PathBuf::from("unused"),
+            redis_url(),
+        ),
+        _dir: None,
+    })
+}
+
+async fn redis_reachable() -> bool {
+    let addr = redis_url()
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .to_owned();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Every backend reachable here: SQLite always, PostgreSQL + Redis when reachable (always in CI).
+pub async fn backends() -> Vec<Backend> {
+    let mut all = vec![sqlite()];
+    all.extend(postgres().await);
+    all
+}
+
+/// A server on 127.0.0.1:0 that stops when dropped.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Serves `app` over gRPC on a fresh port.
+pub async fn serve_grpc(app: GrpcApp) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = kit_serve(listener, app, token, Duration::ZERO).await {
+            eprintln!("grpc server stopped: {e}");
+        }
+    });
+    Running { addr, shutdown }
+}
+
+/// Default gateway settings for tests.
+pub fn gateway_config() -> maxai_gateway::GatewayConfig {
+    maxai_gateway::GatewayConfig {
+        upstream: String::new(),
+        max_body_bytes: 64 * 1024,
+        timeout_ms: 10_000,
+        upstream_connections: 1,
+    }
+}
+
+/// The REST gateway for `services` in front of the gRPC server at `grpc`.
+pub async fn serve_gateway(grpc: &Running, services: Vec<String>) -> Running {
+    let gw = maxai_gateway::Gateway::new(gateway_config(), &grpc.url(), services, 4 * 1024 * 1024)
+        .expect("gateway");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, maxai_gateway::router(gw))
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await;
+    });
+    Running { addr, shutdown }
+}
