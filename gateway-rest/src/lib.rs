@@ -166,19 +166,16 @@ async fn correlate(mut req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "transcoded".to_owned());
     let start = Instant::now();
     let mut resp = next.run(req).await;
-    let is_problem = resp
+    // axum's own rejections are plain text; everything this gateway writes is JSON already.
+    let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if !resp.status().is_success()
-        && !is_problem
-        && resp.status() != StatusCode::NOT_MODIFIED
-        && !resp.status().is_redirection()
-    {
+        .is_some_and(|v| v.as_bytes().windows(4).any(|w| w == b"json"));
+    if (resp.status().is_client_error() || resp.status().is_server_error()) && !is_json {
         let status = resp.status();
         resp = Problem::new(
             status,
-            "BAD_REQUEST",
+            code_for(status),
             status.canonical_reason().unwrap_or("request refused"),
         )
         .correlated(&id)
@@ -199,6 +196,18 @@ async fn correlate(mut req: Request, next: Next) -> Response {
         start.elapsed().as_secs_f64(),
     );
     resp
+}
+
+/// Stable code for a status the gateway itself produced.
+fn code_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "ROUTE_NOT_FOUND",
+        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+        StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
+        s if s.is_server_error() => "INTERNAL",
+        _ => "BAD_REQUEST",
+    }
 }
 
 /// The route template a transcoded request matched, for metric labels.

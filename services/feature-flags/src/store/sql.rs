@@ -172,15 +172,14 @@ impl FlagStore for SqlFlagStore {
             .fetch_optional(pool)
             .await)?;
         let Some(row) = row else { return Ok(None) };
-        let prerequisites: Vec<String> =
-            on_db!(&self.db, |pool| {
-                sqlx::query_scalar(
+        let prerequisites: Vec<String> = on_db!(&self.db, |pool| {
+            sqlx::query_scalar(
             "SELECT prerequisite_key FROM flag_prerequisites WHERE flag_key = $1 ORDER BY position"
         )
         .bind(key.as_str())
         .fetch_all(pool)
         .await
-            })?;
+        })?;
         row.into_flag(prerequisites).map(Some)
     }
 
@@ -279,15 +278,14 @@ impl FlagStore for SqlFlagStore {
     }
 
     async fn delete(&self, key: &FlagKey, expected_revision: Option<i64>) -> Result<()> {
-        let dependants: Vec<String> =
-            on_db!(&self.db, |pool| {
-                sqlx::query_scalar(
+        let dependants: Vec<String> = on_db!(&self.db, |pool| {
+            sqlx::query_scalar(
             "SELECT flag_key FROM flag_prerequisites WHERE prerequisite_key = $1 ORDER BY flag_key"
         )
         .bind(key.as_str())
         .fetch_all(pool)
         .await
-            })?;
+        })?;
         if !dependants.is_empty() {
             return Err(Error::new(
                 ErrorKind::PreconditionFailed,

@@ -1,0 +1,237 @@
+//! A closed-loop load generator: each worker keeps exactly one request in flight, so a figure
+//! is what the server sustains at that concurrency rather than a rate we impose. Every loop is
+//! bounded by a deadline, a per-request timeout and a maximum count, and stops by itself.
+use std::{
+    future::Future,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// A request that has not answered in this long counts as an error and ends its worker.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Far above what 2 cores reach in a measurement; only a guard against a runaway loop.
+const MAX_OPS_PER_WORKER: u64 = 5_000_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+/// What one measurement saw after the warm-up.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub ops: u64,
+    pub errors: u64,
+    pub secs: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub first_error: Option<String>,
+}
+
+impl Stats {
+    pub fn rate(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.ops as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+struct WorkerResult {
+    latencies_ns: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+    finished: Instant,
+}
+
+/// Runs one worker per state. `op` takes the state by value and gives it back, so a worker can
+/// own a connection without borrowing across an await; an error ends that worker (its state,
+/// e.g. a broken connection, is gone) and is reported.
+pub async fn closed_loop<S, F, Fut>(load: Load, states: Vec<S>, op: F) -> Stats
+where
+    S: Send + 'static,
+    F: Fn(S) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<S>> + Send + 'static,
+{
+    let warm_end = Instant::now() + load.warmup;
+    let end = warm_end + load.duration;
+    let workers: Vec<_> = states
+        .into_iter()
+        .map(|state| tokio::spawn(worker(state, op.clone(), warm_end, end)))
+        .collect();
+    let (mut all, mut errors, mut first_error, mut last) = (Vec::new(), 0, None, warm_end);
+    for w in workers {
+        match w.await {
+            Ok(r) => {
+                all.extend(r.latencies_ns);
+                errors += r.errors;
+                first_error = first_error.or(r.first_error);
+                last = last.max(r.finished);
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(format!("worker panicked: {e}"));
+            }
+        }
+    }
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(0.0, |ns| *ns as f64 / 1e6)
+    };
+    Stats {
+        ops: all.len() as u64,
+        errors,
+        // Requests started before the deadline finish after it; count the time they took.
+        secs: last.saturating_duration_since(warm_end).as_secs_f64(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        first_error,
+    }
+}
+
+async fn worker<S, F, Fut>(mut state: S, op: F, warm_end: Instant, end: Instant) -> WorkerResult
+where
+    F: Fn(S) -> Fut,
+    Fut: Future<Output = anyhow::Result<S>>,
+{
+    let mut r = WorkerResult {
+        latencies_ns: Vec::with_capacity(64 * 1024),
+        errors: 0,
+        first_error: None,
+        finished: Instant::now(),
+    };
+    for _ in 0..MAX_OPS_PER_WORKER {
+        let start = Instant::now();
+        if start >= end {
+            break;
+        }
+        let outcome = tokio::time::timeout(OP_TIMEOUT, op(state)).await;
+        let took = start.elapsed();
+        match outcome {
+            Ok(Ok(next)) => {
+                state = next;
+                if start >= warm_end {
+                    r.latencies_ns.push(took.as_nanos() as u64);
+                }
+            }
+            Ok(Err(e)) => {
+                r.errors += 1;
+                r.first_error = Some(format!("{e:#}"));
+                break;
+            }
+            Err(_) => {
+                r.errors += 1;
+                r.first_error = Some(format!("no answer within {OP_TIMEOUT:?}"));
+                break;
+            }
+        }
+    }
+    r.finished = Instant::now();
+    r
+}
+
+pub type HttpConn = SendRequest<Full<Bytes>>;
+
+/// One keep-alive HTTP/1.1 connection, driven by its own task.
+pub async fn http_connect(addr: SocketAddr) -> anyhow::Result<HttpConn> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
+
+/// Sends `req` and reads the whole answer (so the connection can carry the next request).
+pub async fn http_call(
+    conn: &mut HttpConn,
+    req: Request<Full<Bytes>>,
+) -> anyhow::Result<(http::StatusCode, Bytes)> {
+    conn.ready().await?;
+    let resp = conn.send_request(req).await?;
+    let status = resp.status();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
+}
+
+/// What an HTTP measurement sends: request `n` of a worker goes to `uris[n % len]`.
+#[derive(Clone)]
+pub struct HttpTarget {
+    pub method: Method,
+    pub uris: Vec<Uri>,
+    /// Sent as `application/json` when not empty.
+    pub body: Bytes,
+}
+
+impl HttpTarget {
+    fn request(&self, n: u64) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uris[(n % self.uris.len() as u64) as usize].clone();
+        let h = req.headers_mut();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1"));
+        if !self.body.is_empty() {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        req
+    }
+}
+
+/// `concurrency` connections, each a worker; any non-2xx answer is an error.
+pub async fn http_load(
+    load: Load,
+    addr: SocketAddr,
+    concurrency: usize,
+    target: HttpTarget,
+) -> anyhow::Result<Stats> {
+    anyhow::ensure!(!target.uris.is_empty(), "no URI to load");
+    let mut states = Vec::with_capacity(concurrency);
+    for i in 0..concurrency {
+        // Workers start at different points so they do not ask for the same key in lockstep.
+        states.push((http_connect(addr).await?, i as u64 * 7));
+    }
+    let op = move |(mut conn, n): (HttpConn, u64)| {
+        let req = target.request(n);
+        async move {
+            let (status, body) = http_call(&mut conn, req).await?;
+            anyhow::ensure!(
+                status.is_success(),
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            Ok((conn, n + 1))
+        }
+    };
+    Ok(closed_loop(load, states, op).await)
+}
+
+/// `n` separate HTTP/2 connections (tonic channels) to `addr`, configured like the gateway's.
+pub async fn channels(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let endpoint = endpoint(addr)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(endpoint.connect().await?);
+    }
+    Ok(out)
+}
+
+pub fn endpoint(addr: SocketAddr) -> anyhow::Result<Endpoint> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_adaptive_window(true))
+}

@@ -1,0 +1,416 @@
+//! The gateway over real sockets, in front of the real feature-flags service.
+use maxai_feature_flags::{start, FlagsConfig, SERVICE_NAME};
+use maxai_kit::{server::GrpcApp, shared_state::SharedState, CancellationToken};
+use maxai_testkit::{serve_gateway, serve_grpc, sqlite, Backend, Running};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+struct Stack {
+    _backend: Backend,
+    _grpc: Running,
+    rest: Running,
+    http: Client,
+}
+
+async fn stack() -> Stack {
+    let backend = sqlite();
+    let server = start(
+        &FlagsConfig::default(),
+        &backend.storage,
+        &SharedState::memory(),
+        4 << 20,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("flags");
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(server);
+    let grpc = serve_grpc(GrpcApp {
+        routes: routes.routes(),
+        service_names: vec![SERVICE_NAME.into()],
+    })
+    .await;
+    let rest = serve_gateway(&grpc, vec![SERVICE_NAME.into()]).await;
+    Stack {
+        _backend: backend,
+        _grpc: grpc,
+        rest,
+        http: Client::new(),
+    }
+}
+
+impl Stack {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.rest.url())
+    }
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        let resp = req.send().await.expect("send");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, json)
+    }
+}
+
+fn assert_problem(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &Value,
+    want_status: u16,
+    want_code: &str,
+) {
+    assert_eq!(status.as_u16(), want_status, "{body}");
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/problem+json"),
+        "{body}"
+    );
+    assert_eq!(body["code"], want_code, "{body}");
+    assert_eq!(body["status"], want_status);
+    let id = body["correlation_id"].as_str().expect("correlation id");
+    assert_eq!(
+        headers
+            .get("x-correlation-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(id)
+    );
+}
+
+#[tokio::test]
+async fn rest_crud_follows_the_proto3_json_mapping() {
+    let s = stack().await;
+    let (status, _, flag) = s
+        .send(
+            Method::POST,
+            "/v1/flags?flagId=new-dash",
+            Some(r#"{"description":"d","stage":"STAGE_BETA","environments":[{"environment":"production","enabled":true,"rolloutBasisPoints":10000}]}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{flag}");
+    assert_eq!(flag["name"], "flags/new-dash");
+    assert_eq!(flag["environments"][0]["rolloutBasisPoints"], 10000);
+    assert!(flag["createTime"]
+        .as_str()
+        .expect("timestamp")
+        .ends_with('Z'));
+
+    let (status, _, got) = s.send(Method::GET, "/v1/flags/new-dash", None).await;
+    assert_eq!((status, &got["etag"]), (StatusCode::OK, &json!("r1")));
+    let (_, _, list) = s
+        .send(Method::GET, "/v1/flags?pageSize=10&stage=STAGE_BETA", None)
+        .await;
+    assert_eq!(list["flags"].as_array().map(Vec::len), Some(1), "{list}");
+    let (status, _, patched) = s
+        .send(
+            Method::PATCH,
+            "/v1/flags/new-dash?updateMask=description",
+            Some(r#"{"description":"new words","etag":"r1"}"#),
+        )
+        .await;
+    assert_eq!(
+        (status, &patched["description"]),
+        (StatusCode::OK, &json!("new words")),
+        "{patched}"
+    );
+    let (status, _, eval) = s
+        .send(
+            Method::POST,
+            "/v1/flags/new-dash:evaluate",
+            Some(r#"{"context":{"tenantId":"acme"}}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (&eval["evaluation"]["value"], &eval["evaluation"]["reason"]),
+        (&json!(true), &json!("REASON_SPLIT")),
+        "{eval}"
+    );
+    let (status, _, _) = s.send(Method::DELETE, "/v1/flags/new-dash", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, headers, body) = s.send(Method::GET, "/v1/flags/new-dash", None).await;
+    assert_problem(status, &headers, &body, 404, "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn every_failure_is_problem_json() {
+    let s = stack().await;
+    let (st, h, b) = s.send(Method::GET, "/v1/nothing/here", None).await;
+    assert_problem(st, &h, &b, 404, "ROUTE_NOT_FOUND");
+    let (st, h, b) = s.send(Method::PUT, "/v1/flags/x", None).await;
+    assert_problem(st, &h, &b, 405, "METHOD_NOT_ALLOWED");
+    assert!(h
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("GET") && a.contains("PATCH")));
+    let (st, h, b) = s
+        .send(Method::POST, "/v1/flags?flagId=x", Some("{not json"))
+        .await;
+    assert_problem(st, &h, &b, 400, "INVALID_JSON");
+    let (st, h, b) = s
+        .send(
+            Method::POST,
+            "/v1/flags?flagId=x",
+            Some(r#"{"stage":"STAGE_BETA","colour":"red"}"#),
+        )
+        .await;
+    assert_problem(st, &h, &b, 400, "INVALID_ARGUMENT");
+    assert_eq!(b["violations"][0]["field"], "colour", "{b}");
+    let (st, h, b) = s
+        .send(
+            Method::POST,
+            "/v1/flags?flagId=x",
+            Some(r#"{"stage":"STAGE_BETA","environments":"production"}"#),
+        )
+        .await;
+    assert_problem(st, &h, &b, 400, "INVALID_ARGUMENT");
+    let (st, h, b) = s.send(Method::GET, "/v1/flags?pageSize=abc", None).await;
+    assert_problem(st, &h, &b, 400, "INVALID_ARGUMENT");
+    assert_eq!(b["violations"][0]["field"], "pageSize", "{b}");
+    let (st, h, b) = s.send(Method::GET, "/v1/flags?colour=red", None).await;
+    assert_problem(st, &h, &b, 400, "INVALID_ARGUMENT");
+    let big = format!(r#"{{"description":"{}"}}"#, "x".repeat(70 * 1024));
+    let (st, h, b) = s.send(Method::POST, "/v1/flags?flagId=x", Some(&big)).await;
+    assert_problem(st, &h, &b, 413, "PAYLOAD_TOO_LARGE");
+    // Upstream validation errors keep their field violations.
+    let (st, h, b) = s
+        .send(
+            Method::POST,
+            "/v1/flags?flagId=Bad%20Key",
+            Some(r#"{"stage":"STAGE_BETA"}"#),
+        )
+        .await;
+    assert_problem(st, &h, &b, 400, "INVALID_ARGUMENT");
+    assert_eq!(b["violations"][0]["field"], "flag_id", "{b}");
+    // Nothing was stored by any of the refused requests.
+    let (_, _, list) = s.send(Method::GET, "/v1/flags", None).await;
+    assert_eq!(list["flags"], json!([]), "{list}");
+}
+
+#[tokio::test]
+async fn correlation_ids_are_echoed_or_generated() {
+    let s = stack().await;
+    let resp = s
+        .http
+        .get(s.url("/v1/flags"))
+        .header("x-correlation-id", "trace-me-123")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        resp.headers()
+            .get("x-correlation-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("trace-me-123")
+    );
+    let resp = s
+        .http
+        .get(s.url("/v1/flags/none"))
+        .send()
+        .await
+        .expect("send");
+    let generated = resp
+        .headers()
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("generated id");
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["correlation_id"], generated);
+    assert_eq!(generated.len(), 36);
+}
+
+/// Every annotated RPC of the served service answers over REST (the service itself answers,
+/// not the router) and is described in the OpenAPI document.
+#[tokio::test]
+async fn every_annotated_rpc_is_reachable_and_documented() {
+    let s = stack().await;
+    let (_, _, doc) = s.send(Method::GET, "/openapi.json", None).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (verb, op) in item.as_object().expect("path item") {
+            operations.push((
+                path.clone(),
+                verb.clone(),
+                op["operationId"].as_str().expect("operationId").to_owned(),
+            ));
+        }
+    }
+    let service = maxai_kit::descriptors::pool()
+        .get_service_by_name(SERVICE_NAME)
+        .expect("service");
+    let mut checked = 0;
+    for method in service.methods() {
+        if maxai_kit::descriptors::http_rule(&method).is_none() {
+            continue;
+        }
+        let (path, verb, _) = operations
+            .iter()
+            .find(|(_, _, id)| id == method.full_name())
+            .unwrap_or_else(|| panic!("{} missing from /openapi.json", method.full_name()));
+        // Fill each path parameter with a sample value.
+        let mut concrete = String::new();
+        let mut rest = path.as_str();
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..].find('}').expect("closing brace") + open;
+            concrete.push_str(&rest[..open]);
+            concrete.push_str("sample");
+            rest = &rest[close + 1..];
+        }
+        concrete.push_str(rest);
+        let body = (verb != "get" && verb != "delete").then_some("{}");
+        let m = Method::from_bytes(verb.to_uppercase().as_bytes()).expect("verb");
+        let (status, _, reply) = s.send(m, &concrete, body).await;
+        let code = reply["code"].as_str().unwrap_or("");
+        assert!(
+            !matches!(
+                code,
+                "ROUTE_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "INVALID_JSON"
+            ),
+            "{} via {verb} {concrete} did not reach the service: {status} {reply}",
+            method.full_name()
+        );
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        service.methods().count(),
+        "every flags RPC is annotated"
+    );
+}
+
+#[tokio::test]
+async fn ofrep_single_bulk_and_etag() {
+    let s = stack().await;
+    s.send(
+        Method::POST,
+        "/v1/flags?flagId=checkout",
+        Some(r#"{"stage":"STAGE_GA","environments":[{"environment":"production","enabled":true,"rolloutBasisPoints":0}]}"#),
+    )
+    .await;
+    s.send(
+        Method::POST,
+        "/v1/flags/checkout:addAllowlistEntries",
+        Some(r#"{"environment":"production","kind":"ALLOWLIST_KIND_USER","subjects":["u-1"]}"#),
+    )
+    .await;
+    let (st, _, one) = s
+        .send(
+            Method::POST,
+            "/ofrep/v1/evaluate/flags/checkout",
+            Some(r#"{"context":{"targetingKey":"u-1"}}"#),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        (&one["value"], &one["reason"], &one["variant"]),
+        (&json!(true), &json!("TARGETING_MATCH"), &json!("on")),
+        "{one}"
+    );
+    let (st, _, missing) = s
+        .send(
+            Method::POST,
+            "/ofrep/v1/evaluate/flags/nope",
+            Some(r#"{"context":{}}"#),
+        )
+        .await;
+    assert_eq!(
+        (st, &missing["errorCode"]),
+        (StatusCode::NOT_FOUND, &json!("FLAG_NOT_FOUND"))
+    );
+    let (st, _, bad) = s
+        .send(
+            Method::POST,
+            "/ofrep/v1/evaluate/flags/checkout",
+            Some(r#"{"context":{"targetingKey":7}}"#),
+        )
+        .await;
+    assert_eq!(
+        (st, &bad["errorCode"]),
+        (StatusCode::BAD_REQUEST, &json!("INVALID_CONTEXT"))
+    );
+
+    let resp = s
+        .http
+        .post(s.url("/ofrep/v1/evaluate/flags"))
+        .body(r#"{"context":{"targetingKey":"u-2"}}"#)
+        .send()
+        .await
+        .expect("bulk");
+    let etag = resp
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("etag");
+    let bulk: Value = resp.json().await.expect("json");
+    assert_eq!(bulk["flags"][0]["value"], false);
+    let again = s
+        .http
+        .post(s.url("/ofrep/v1/evaluate/flags"))
+        .header("if-none-match", &etag)
+        .body(r#"{"context":{"targetingKey":"u-2"}}"#)
+        .send()
+        .await
+        .expect("bulk");
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let s = stack().await;
+    let (st, _, body) = s.send(Method::GET, "/healthz", None).await;
+    assert_eq!((st, &body["status"]), (StatusCode::OK, &json!("ok")));
+    let (st, _, body) = s.send(Method::GET, "/readyz", None).await;
+    assert_eq!((st, &body["status"]), (StatusCode::OK, &json!("ready")));
+}
+
+#[tokio::test]
+async fn readiness_fails_when_the_upstream_is_gone() {
+    let backend = sqlite();
+    let server = start(
+        &FlagsConfig::default(),
+        &backend.storage,
+        &SharedState::memory(),
+        4 << 20,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("flags");
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(server);
+    let grpc = serve_grpc(GrpcApp {
+        routes: routes.routes(),
+        service_names: vec![SERVICE_NAME.into()],
+    })
+    .await;
+    let rest = serve_gateway(&grpc, vec![SERVICE_NAME.into()]).await;
+    drop(grpc);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let resp = Client::new()
+        .get(format!("{}/readyz", rest.url()))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let resp = Client::new()
+        .get(format!("{}/v1/flags", rest.url()))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.expect("problem");
+    assert_eq!(body["code"], "UNAVAILABLE");
+}

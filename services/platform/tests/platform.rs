@@ -1,0 +1,321 @@
+//! The `maxai` binary as an operator uses it: configuration errors, commands, and a whole
+//! platform process serving REST, gRPC (health) and metrics, then draining on SIGTERM.
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_maxai");
+
+fn maxai(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("MAXAI_TELEMETRY__LOG_FORMAT", "pretty");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run maxai")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn invalid_configuration_stops_the_process_naming_the_key() {
+    let cases = [
+        ("MAXAI_SERVER__GRPC_PORT", "1", "grpc_port"),
+        (
+            "MAXAI_SERVER__HTTP_ADDR",
+            "not-an-address",
+            "server.http_addr",
+        ),
+        ("MAXAI_SERVER__DRAIN_SECS", "-3", "server.drain_secs"),
+        (
+            "MAXAI_FLAGS__DEFAULT_ENVIRONMENT",
+            "Bad Env",
+            "flags.default_environment",
+        ),
+        (
+            "MAXAI_GATEWAY__UPSTREAM_CONNECTIONS",
+            "0",
+            "gateway.upstream_connections",
+        ),
+        ("MAXAI_TELEMETRY__LOG_FORMAT", "xml", "telemetry.log_format"),
+        ("DATABASE_URL", "mysql://x", "database_url"),
+    ];
+    let port = free_port();
+    for (key, value, named) in cases {
+        let http = format!("127.0.0.1:{port}");
+        let out = maxai(&["up"], &[("MAXAI_SERVER__HTTP_ADDR", &http), (key, value)]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{key}={value}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(named),
+            "{key}={value} should name {named}: {}",
+            stderr(&out)
+        );
+        // Nothing was left listening.
+        assert!(
+            TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "{key}: port {port} still bound"
+        );
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("maxai.toml");
+    std::fs::write(&file, "[server]\ngrpc_adr = \"127.0.0.1:1\"\n").expect("write");
+    let out = maxai(&["--config", file.to_str().expect("path"), "up"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("grpc_adr"), "{}", stderr(&out));
+}
+
+#[test]
+fn commands_have_help_and_refuse_unknown_services() {
+    for args in [
+        &["--help"][..],
+        &["up", "--help"],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+    ] {
+        let out = maxai(args, &[]);
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+    let out = maxai(&["serve", "iam"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not implemented"), "{}", stderr(&out));
+    let out = maxai(&["serve", "nonsense"], &[]);
+    assert!(
+        stderr(&out).contains("unknown service nonsense"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn migrate_applies_every_service_on_sqlite() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().to_str().expect("path");
+    let out = maxai(&["migrate"], &[("MAXAI_STORAGE__DATA_DIR", data)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("migrated feature-flags (sqlite)"));
+    assert!(dir.path().join("flags.db").exists());
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+struct Platform {
+    child: Child,
+    http: String,
+    grpc: String,
+    metrics: String,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(env: &[(&str, String)]) -> Platform {
+    let (g, h, m) = (free_port(), free_port(), free_port());
+    let mut cmd = Command::new(BIN);
+    cmd.arg("up")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("MAXAI_SERVER__GRPC_ADDR", format!("127.0.0.1:{g}"))
+        .env("MAXAI_SERVER__HTTP_ADDR", format!("127.0.0.1:{h}"))
+        .env("MAXAI_SERVER__METRICS_ADDR", format!("127.0.0.1:{m}"))
+        .env("MAXAI_SERVER__DRAIN_SECS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Platform {
+        child: cmd.spawn().expect("spawn maxai"),
+        http: format!("http://127.0.0.1:{h}"),
+        grpc: format!("http://127.0.0.1:{g}"),
+        metrics: format!("http://127.0.0.1:{m}/metrics"),
+    }
+}
+
+async fn wait_ready(p: &Platform) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("{}/readyz", p.http)).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("platform did not become ready");
+}
+
+async fn flag_service_status(grpc: &str) -> Option<ServingStatus> {
+    let channel = tonic::transport::Channel::from_shared(grpc.to_owned())
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut client = HealthClient::new(channel);
+    let req = HealthCheckRequest {
+        service: "maxai.flags.v1.FeatureFlagsService".into(),
+    };
+    client
+        .check(req)
+        .await
+        .ok()
+        .map(|r| r.into_inner().status())
+}
+
+async fn create_flag(http: &str, key: &str) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .post(format!("{http}/v1/flags?flagId={key}"))
+        .header("content-type", "application/json")
+        .body(r#"{"stage":"STAGE_ALPHA"}"#)
+        .send()
+        .await
+        .expect("create")
+        .status()
+}
+
+async fn flag_exists(http: &str, key: &str) -> bool {
+    reqwest::get(format!("{http}/v1/flags/{key}"))
+        .await
+        .expect("get")
+        .status()
+        .is_success()
+}
+
+/// `maxai up` with no external service: REST, gRPC health, metrics; SIGTERM flips health to
+/// NOT_SERVING, drains, and exits cleanly; the data survives a restart.
+#[tokio::test]
+async fn up_serves_everything_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = (
+        "MAXAI_STORAGE__DATA_DIR",
+        dir.path().to_string_lossy().into_owned(),
+    );
+    let mut p = start(std::slice::from_ref(&data));
+    wait_ready(&p).await;
+    assert_eq!(
+        create_flag(&p.http, "persisted").await,
+        reqwest::StatusCode::OK
+    );
+    assert_eq!(
+        flag_service_status(&p.grpc).await,
+        Some(ServingStatus::Serving)
+    );
+    let metrics = reqwest::get(&p.metrics)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("maxai_grpc_requests_total"), "{metrics}");
+    assert!(metrics.contains("maxai_http_requests_total"), "{metrics}");
+
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let mut saw_not_serving = false;
+    let deadline = Instant::now() + Duration::from_millis(900);
+    while Instant::now() < deadline {
+        if flag_service_status(&p.grpc).await == Some(ServingStatus::NotServing) {
+            saw_not_serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        saw_not_serving,
+        "health did not report NOT_SERVING while draining"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "maxai did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+
+    let p2 = start(&[data]);
+    wait_ready(&p2).await;
+    assert!(
+        flag_exists(&p2.http, "persisted").await,
+        "the flag survived a restart"
+    );
+    drop(p);
+}
+
+/// The same binary on PostgreSQL + Redis when `DATABASE_URL` / `REDIS_URL` are set.
+#[tokio::test]
+async fn up_on_postgres_and_redis() {
+    let Some(backend) = maxai_testkit::postgres().await else {
+        return;
+    };
+    let env = [
+        (
+            "DATABASE_URL",
+            backend.storage.database_url.expose_secret().to_owned(),
+        ),
+        (
+            "REDIS_URL",
+            backend.storage.redis_url.expose_secret().to_owned(),
+        ),
+        (
+            "MAXAI_STORAGE__REDIS_PREFIX",
+            backend.storage.redis_prefix.clone(),
+        ),
+    ];
+    let p = start(&env);
+    wait_ready(&p).await;
+    assert_eq!(
+        create_flag(&p.http, "on-postgres").await,
+        reqwest::StatusCode::OK
+    );
+    drop(p);
+    let p = start(&env);
+    wait_ready(&p).await;
+    assert!(flag_exists(&p.http, "on-postgres").await);
+    let body: Value = reqwest::get(format!("{}/v1/flags", p.http))
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["flags"].as_array().map(Vec::len), Some(1));
+}
