@@ -196,9 +196,7 @@ pub async fn serve_proxy(
         })
         .await?;
     spawn_server(sut, move |l| async move {
-        let app = Router::new()
-            .route("/echo", post(proxy))
-            .with_state(state);
+        let app = Router::new().route("/echo", post(proxy)).with_state(state);
         axum::serve(l, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await?;

@@ -1,1 +1,333 @@
-fn main() {}
+//! `maxai-bench`: throughput and latency of the platform next to bare axum/tonic baselines
+//! measured in the same run on the same machine, plus startup time and idle memory of the
+//! `maxai` binary. Prints a table and writes `latest.json` and a timestamped copy to `--out`.
+//!
+//! Choices that shape the figures:
+//! - Everything runs in this process on 127.0.0.1: the servers on their own tokio runtime and
+//!   the load generator on another, both with one thread per core, as two processes would; so
+//!   the load generator competes for the same cores, as in ARCHITECTURE.md §8.
+//! - The services run with the platform's embedded defaults (`PlatformConfig`) except that
+//!   storage is SQLite in a temporary folder and shared state is in memory, and the Prometheus
+//!   recorder is installed, so metrics cost what they cost in `maxai up`. No log subscriber is
+//!   installed (nothing is logged per request at the default level).
+//! - Load is closed-loop (see [`load`]): a fixed number of requests in flight, a warm-up that is
+//!   not counted, then a fixed duration. Speed is reported, never asserted.
+#![forbid(unsafe_code)]
+
+mod baseline;
+mod flags;
+mod load;
+mod report;
+mod startup;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Method, Uri};
+use maxai_kit::CancellationToken;
+use maxai_platform::PlatformConfig;
+use tokio::runtime::{Builder, Handle};
+
+use crate::{
+    load::{HttpTarget, Load},
+    report::Row,
+};
+
+/// HTTP/1.1 keep-alive connections, one request in flight on each.
+const HTTP_CONNECTIONS: usize = 64;
+/// gRPC requests in flight, spread over GRPC_CHANNELS HTTP/2 connections (§8: 2-4 carry ≈50%
+/// more than one).
+const GRPC_IN_FLIGHT: usize = 32;
+const GRPC_CHANNELS: usize = 4;
+const STARTUP_RUNS: usize = 3;
+const BATCH: f64 = flags::FLAGS as f64;
+const EVAL_GOAL: f64 = 100_000.0;
+
+struct Args {
+    out: PathBuf,
+    load: Load,
+    maxai: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: maxai-bench [--out DIR] [--secs N] [--warmup N] [--maxai PATH]
+  --out DIR     where latest.json and a timestamped copy go (default bench/results)
+  --secs N      measured seconds per load measurement (default 5, at most 60)
+  --warmup N    uncounted seconds before each (default 2, at most 30)
+  --maxai PATH  the maxai binary to start (default: built next to this executable)";
+
+fn parse_args() -> anyhow::Result<Option<Args>> {
+    let mut args = Args {
+        out: PathBuf::from("bench/results"),
+        load: Load {
+            warmup: Duration::from_secs(2),
+            duration: Duration::from_secs(5),
+        },
+        maxai: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            println!("{USAGE}");
+            return Ok(None);
+        }
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let secs = |max: u64| -> anyhow::Result<Duration> {
+            let n: u64 = value.parse().with_context(|| format!("{flag} {value}"))?;
+            anyhow::ensure!((1..=max).contains(&n), "{flag} must be 1..={max}");
+            Ok(Duration::from_secs(n))
+        };
+        match flag.as_str() {
+            "--out" => args.out = PathBuf::from(&value),
+            "--secs" => args.load.duration = secs(60)?,
+            "--warmup" => args.load.warmup = secs(30)?,
+            "--maxai" => args.maxai = Some(PathBuf::from(&value)),
+            _ => anyhow::bail!("unknown argument {flag}\n{USAGE}"),
+        }
+    }
+    Ok(Some(args))
+}
+
+fn main() -> ExitCode {
+    let outcome = (|| -> anyhow::Result<()> {
+        let Some(args) = parse_args()? else {
+            return Ok(());
+        };
+        let servers = Builder::new_multi_thread()
+            .thread_name("bench-server")
+            .enable_all()
+            .build()?;
+        let client = Builder::new_multi_thread()
+            .thread_name("bench-load")
+            .enable_all()
+            .build()?;
+        let result = client.block_on(run(args, servers.handle().clone()));
+        servers.shutdown_timeout(Duration::from_secs(2));
+        result
+    })();
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("maxai-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn uris(paths: impl IntoIterator<Item = String>) -> anyhow::Result<Vec<Uri>> {
+    paths
+        .into_iter()
+        .map(|p| Uri::try_from(p).map_err(Into::into))
+        .collect()
+}
+
+fn http(extra: &str) -> String {
+    format!("{HTTP_CONNECTIONS} keep-alive HTTP/1.1 connections{extra}")
+}
+
+fn progress(what: &str) {
+    eprintln!("bench: {what}");
+}
+
+async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    maxai_kit::metrics::prometheus();
+    let config = PlatformConfig::load(None).context("platform configuration")?;
+    let stop = CancellationToken::new();
+    let _stop_on_exit = stop.clone().drop_guard();
+    let load = args.load;
+    let mut rows = Vec::new();
+    let grpc = format!("{GRPC_IN_FLIGHT} in flight over {GRPC_CHANNELS} channels");
+
+    progress("baseline: axum hello-world");
+    let hello = baseline::serve_hello(&sut, stop.clone()).await?;
+    let target = HttpTarget {
+        method: Method::GET,
+        uris: uris(["/hello".to_owned()])?,
+        body: Bytes::new(),
+    };
+    let stats = load::http_load(load, hello, HTTP_CONNECTIONS, target).await?;
+    let hello_rate = stats.rate();
+    rows.push(
+        Row::new("axum hello-world GET", "req/s")
+            .load(&stats, 1.0)
+            .goal("ref ≈110k (§8)")
+            .note(&format!("baseline; {}", http(""))),
+    );
+
+    progress("baseline: tonic echo");
+    let echo = baseline::serve_echo(&sut, stop.clone()).await?;
+    let stats = baseline::load_echo(load, echo, GRPC_IN_FLIGHT, GRPC_CHANNELS).await?;
+    let echo_rate = stats.rate();
+    rows.push(
+        Row::new("tonic echo unary", "RPC/s")
+            .load(&stats, 1.0)
+            .goal("ref ≈60–80k (§8)")
+            .note(&format!("baseline; {grpc}")),
+    );
+
+    progress("baseline: axum → tonic JSON proxy");
+    let upstreams = config.gateway.upstream_connections;
+    let proxy = baseline::serve_proxy(&sut, echo, upstreams, stop.clone()).await?;
+    let body = serde_json::to_vec(&baseline::NameJson {
+        name: baseline::ECHO_TEXT.into(),
+    })?;
+    let target = HttpTarget {
+        method: Method::POST,
+        uris: uris(["/echo".to_owned()])?,
+        body: body.into(),
+    };
+    let stats = load::http_load(load, proxy, HTTP_CONNECTIONS, target).await?;
+    let proxy_rate = stats.rate();
+    rows.push(
+        Row::new("axum→tonic JSON proxy POST", "req/s")
+            .load(&stats, 1.0)
+            .goal("ref ≈26k, p99 ≈6 ms (§8)")
+            .note(&format!(
+                "baseline; {}",
+                http(&format!(", {upstreams} upstream channels as the gateway"))
+            )),
+    );
+
+    progress("feature-flags: seeding 100 flags and 100,000 allowlist entries");
+    let data = tempfile::tempdir()?;
+    let flags_addr = flags::serve_flags(&sut, &config, data.path(), stop.clone()).await?;
+    let seeded = flags::seed(flags_addr).await?;
+    progress("feature-flags: BatchEvaluateFlags");
+    let stats = flags::load_batch(load, flags_addr, GRPC_IN_FLIGHT, GRPC_CHANNELS).await?;
+    let evals = stats.rate() * BATCH;
+    rows.push(
+        Row::new("flags BatchEvaluateFlags ×100 gRPC", "evals/s")
+            .load(&stats, BATCH)
+            .baseline("tonic echo RPC/s ×100", Some(echo_rate * BATCH))
+            .goal("≥100,000")
+            .note(&format!(
+                "goal {}; {:.0} RPC/s; {grpc}; baseline = the ceiling if 100 evaluations cost \
+                 nothing beyond one bare echo",
+                if evals >= EVAL_GOAL { "met" } else { "NOT met" },
+                stats.rate()
+            )),
+    );
+
+    progress("gateway: GET /v1/flags/{key}");
+    let gateway = flags::serve_gateway(&sut, &config, flags_addr, stop.clone()).await?;
+    let target = HttpTarget {
+        method: Method::GET,
+        uris: uris((0..flags::FLAGS).map(|i| format!("/v1/flags/{}", flags::key(i))))?,
+        body: Bytes::new(),
+    };
+    let stats = load::http_load(load, gateway, HTTP_CONNECTIONS, target).await?;
+    rows.push(
+        Row::new("gateway GET /v1/flags/{key}", "req/s")
+            .load(&stats, 1.0)
+            .baseline("axum→tonic JSON proxy", Some(proxy_rate))
+            .note(&format!(
+                "{}; GetFlag reads SQLite on every call (evaluation uses the snapshot)",
+                http("")
+            )),
+    );
+    // The in-process services would otherwise share the cores with the binary being started.
+    stop.cancel();
+
+    progress("maxai up: startup and idle memory");
+    rows.extend(startup_rows(args.maxai.clone()).await);
+
+    print!("\n{}\n", report::table(&rows));
+    println!(
+        "evaluation mix of the flags data set: {:?}; seeding took {:.1} s",
+        seeded.reasons, seeded.seconds
+    );
+    let now = chrono::Utc::now();
+    let json = serde_json::json!({
+        "date_utc": now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "git_commit": report::git_commit(&startup::workspace_root()),
+        "machine": report::machine(),
+        "settings": {
+            "warmup_s": load.warmup.as_secs(),
+            "duration_s": load.duration.as_secs(),
+            "http_connections": HTTP_CONNECTIONS,
+            "grpc_in_flight": GRPC_IN_FLIGHT,
+            "grpc_channels": GRPC_CHANNELS,
+            "startup_runs": STARTUP_RUNS,
+            "reference_hello_rps": hello_rate,
+        },
+        "flags_data": seeded,
+        "rows": rows,
+        "total_seconds": started.elapsed().as_secs_f64(),
+    });
+    let text = serde_json::to_string_pretty(&json)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let stamped = args
+        .out
+        .join(format!("{}.json", now.format("%Y%m%dT%H%M%SZ")));
+    for path in [args.out.join("latest.json"), stamped] {
+        std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Startup and memory rows; skipped (with the reason) when the binary cannot be had or run.
+async fn startup_rows(explicit: Option<PathBuf>) -> Vec<Row> {
+    const READY: &str = "maxai up: spawn → /readyz 200";
+    const RSS: &str = "maxai up: idle RSS after 1 s";
+    let bin = match tokio::task::spawn_blocking(move || startup::maxai_binary(explicit)).await {
+        Ok(Ok(bin)) => bin,
+        Ok(Err(why)) => {
+            return vec![
+                Row::failed(READY, "ms", &why),
+                Row::failed(RSS, "MiB", &why),
+            ]
+        }
+        Err(e) => {
+            let why = e.to_string();
+            return vec![
+                Row::failed(READY, "ms", &why),
+                Row::failed(RSS, "MiB", &why),
+            ];
+        }
+    };
+    let (mut ready, mut rss, mut version) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..STARTUP_RUNS {
+        match startup::start_once(&bin).await {
+            Ok((ms, kib)) => {
+                ready.push(ms);
+                rss.push(kib as f64 / 1024.0);
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                return vec![
+                    Row::failed(READY, "ms", &why),
+                    Row::failed(RSS, "MiB", &why),
+                ];
+            }
+        }
+        if let Ok(ms) = startup::version_once(&bin) {
+            version.push(ms);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let max = ready.iter().copied().reduce(f64::max);
+    let mut ready_row = Row::new(READY, "ms");
+    ready_row.figure = median(&mut ready);
+    ready_row.p50_ms = ready_row.figure;
+    ready_row.p99_ms = max;
+    let ready_row = ready_row
+        .baseline("maxai --version spawn→exit", median(&mut version))
+        .note(&format!(
+            "median of {STARTUP_RUNS} starts, each on a fresh data dir (migrations run); \
+             p99 column = slowest; lower is better"
+        ));
+    let mut rss_row = Row::new(RSS, "MiB");
+    rss_row.figure = median(&mut rss);
+    let rss_row = rss_row.note(&format!(
+        "VmRSS, median of {STARTUP_RUNS}; no in-run baseline is meaningful for memory"
+    ));
+    vec![ready_row, rss_row]
+}

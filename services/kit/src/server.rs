@@ -1,7 +1,7 @@
 //! gRPC server assembly shared by every service: health (tonic-health), reflection, telemetry
 //! and metrics, message-size limits (set on each generated server by its `routes()`), and the
 //! shutdown sequence SIGTERM → NOT_SERVING → drain → close.
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -66,8 +66,8 @@ async fn set_all(reporter: &HealthReporter, names: &[String], status: ServingSta
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C.
-pub fn cancel_on_signal(token: CancellationToken) -> impl Future<Output = ()> {
-    async move {
+pub async fn cancel_on_signal(token: CancellationToken) {
+    {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {

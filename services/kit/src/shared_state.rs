@@ -168,7 +168,8 @@ impl Redis {
             .build_subscriber_client()?;
         subscriber.init().await?;
         // Resubscribe after a reconnect, so invalidations keep flowing.
-        let _ = subscriber.manage_subscriptions();
+        // The returned handle is the spawned task; dropping it does not stop it.
+        drop(subscriber.manage_subscriptions());
         let local = Arc::new(MemoryNotifier::default());
         let mut rx = subscriber.message_rx();
         let forward_to = local.clone();
