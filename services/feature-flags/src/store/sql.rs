@@ -88,6 +88,71 @@ fn prerequisite_error(e: sqlx::Error) -> Error {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Edit {
+    Add,
+    Remove,
+}
+
+impl SqlFlagStore {
+    /// Adds or removes allowlist subjects in one transaction that also bumps the flag's revision
+    /// (so evaluations report the new etag and replicas reload). Returns rows changed and revision.
+    async fn edit_allowlist(
+        &self,
+        key: &FlagKey,
+        env: &str,
+        kind: AllowlistKind,
+        subjects: &[String],
+        edit: Edit,
+    ) -> Result<(u64, i64)> {
+        let outcome: std::result::Result<Option<(u64, i64)>, sqlx::Error> = on_db!(
+            &self.db,
+            |pool| {
+                async {
+                let mut tx = pool.begin().await?;
+                // Bump first: it locks the flag row and tells us whether the flag exists.
+                let revision: Option<i64> =
+                    sqlx::query_scalar("UPDATE flags SET revision = revision + 1, updated_at_us = $2 WHERE key = $1 RETURNING revision")
+                        .bind(key.as_str())
+                        .bind(now_micros())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some(revision) = revision else { return Ok(None) };
+                let mut changed = 0;
+                for chunk in subjects.chunks(200) {
+                    let mut q = match edit {
+                        Edit::Add => {
+                            let mut q = QueryBuilder::new("INSERT INTO allowlist_entries (flag_key, environment, kind, subject) ");
+                            q.push_values(chunk, |mut b, s| {
+                                b.push_bind(key.as_str()).push_bind(env).push_bind(kind.as_str()).push_bind(s);
+                            });
+                            q.push(" ON CONFLICT DO NOTHING");
+                            q
+                        }
+                        Edit::Remove => {
+                            let mut q = QueryBuilder::new("DELETE FROM allowlist_entries WHERE flag_key = ");
+                            q.push_bind(key.as_str()).push(" AND environment = ").push_bind(env);
+                            q.push(" AND kind = ").push_bind(kind.as_str()).push(" AND subject IN (");
+                            let mut sep = q.separated(", ");
+                            for s in chunk {
+                                sep.push_bind(s);
+                            }
+                            q.push(")");
+                            q
+                        }
+                    };
+                    changed += q.build().execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(Some((changed, revision)))
+            }
+            .await
+            }
+        );
+        outcome?.ok_or_else(|| Error::not_found(format!("flag {key}")))
+    }
+}
+
 #[async_trait]
 impl FlagStore for SqlFlagStore {
     async fn create(&self, flag: &Flag, request_id: Option<&str>) -> Result<Flag> {
@@ -328,36 +393,8 @@ impl FlagStore for SqlFlagStore {
         kind: AllowlistKind,
         subjects: &[String],
     ) -> Result<(u64, i64)> {
-        let outcome: std::result::Result<Option<(u64, i64)>, sqlx::Error> = on_db!(
-            &self.db,
-            |pool| {
-                async {
-                let mut tx = pool.begin().await?;
-                // Bump first: it locks the flag row and tells us whether the flag exists.
-                let revision: Option<i64> = sqlx::query_scalar(
-                    "UPDATE flags SET revision = revision + 1, updated_at_us = $2 WHERE key = $1 RETURNING revision",
-                )
-                .bind(key.as_str())
-                .bind(now_micros())
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(revision) = revision else { return Ok(None) };
-                let mut added = 0;
-                for chunk in subjects.chunks(200) {
-                    let mut q = QueryBuilder::new("INSERT INTO allowlist_entries (flag_key, environment, kind, subject) ");
-                    q.push_values(chunk, |mut b, s| {
-                        b.push_bind(key.as_str()).push_bind(env).push_bind(kind.as_str()).push_bind(s);
-                    });
-                    q.push(" ON CONFLICT DO NOTHING");
-                    added += q.build().execute(&mut *tx).await?.rows_affected();
-                }
-                tx.commit().await?;
-                Ok(Some((added, revision)))
-            }
+        self.edit_allowlist(key, env, kind, subjects, Edit::Add)
             .await
-            }
-        );
-        outcome?.ok_or_else(|| Error::not_found(format!("flag {key}")))
     }
 
     async fn remove_allowlist(
@@ -367,38 +404,8 @@ impl FlagStore for SqlFlagStore {
         kind: AllowlistKind,
         subjects: &[String],
     ) -> Result<(u64, i64)> {
-        let outcome: std::result::Result<Option<(u64, i64)>, sqlx::Error> = on_db!(
-            &self.db,
-            |pool| {
-                async {
-                let mut tx = pool.begin().await?;
-                let revision: Option<i64> = sqlx::query_scalar(
-                    "UPDATE flags SET revision = revision + 1, updated_at_us = $2 WHERE key = $1 RETURNING revision",
-                )
-                .bind(key.as_str())
-                .bind(now_micros())
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(revision) = revision else { return Ok(None) };
-                let mut removed = 0;
-                for chunk in subjects.chunks(200) {
-                    let mut q = QueryBuilder::new("DELETE FROM allowlist_entries WHERE flag_key = ");
-                    q.push_bind(key.as_str()).push(" AND environment = ").push_bind(env);
-                    q.push(" AND kind = ").push_bind(kind.as_str()).push(" AND subject IN (");
-                    let mut sep = q.separated(", ");
-                    for s in chunk {
-                        sep.push_bind(s);
-                    }
-                    q.push(")");
-                    removed += q.build().execute(&mut *tx).await?.rows_affected();
-                }
-                tx.commit().await?;
-                Ok(Some((removed, revision)))
-            }
+        self.edit_allowlist(key, env, kind, subjects, Edit::Remove)
             .await
-            }
-        );
-        outcome?.ok_or_else(|| Error::not_found(format!("flag {key}")))
     }
 
     async fn list_allowlist(
