@@ -53,6 +53,10 @@ fn banner(l: &Listeners) {
 async fn main_inner(cli: Cli) -> anyhow::Result<()> {
     let config = PlatformConfig::load(cli.config.as_deref())?;
     telemetry::init(&config.telemetry);
+    if !config.telemetry.otlp_endpoint.is_empty() {
+        // Said out loud rather than silently ignored: logs still carry correlation ids.
+        tracing::warn!(endpoint = %config.telemetry.otlp_endpoint, "OTLP trace export is not built into this release; traces are not exported");
+    }
     match cli.command {
         Command::Up | Command::Serve { .. } => {
             let (components, show_banner) = match &cli.command {
