@@ -1,6 +1,6 @@
-//! The baselines: the same frameworks with none of the platform's work, served the way the
-//! platform serves (axum::serve, tonic's server on a given listener), so a ratio isolates what
-//! the platform adds.
+//! The baselines: the same frameworks with none of the platform's work and their default
+//! settings (axum::serve as the gateway uses it; tonic's server with its default TCP_NODELAY),
+//! so a ratio shows what the platform adds or loses.
 use std::{
     convert::Infallible,
     future::{ready, Future, Ready},
@@ -115,7 +115,11 @@ pub async fn serve_echo(sut: &Handle, stop: CancellationToken) -> anyhow::Result
     spawn_server(sut, move |l| async move {
         tonic::transport::Server::builder()
             .add_service(EchoServer)
-            .serve_with_incoming_shutdown(TcpIncoming::from(l), stop.cancelled_owned())
+            // tonic's own default (`Server::tcp_nodelay`), which a given listener bypasses.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(l).with_nodelay(Some(true)),
+                stop.cancelled_owned(),
+            )
             .await?;
         Ok(())
     })

@@ -119,7 +119,7 @@ pub async fn seed(addr: SocketAddr) -> anyhow::Result<Seeded> {
     for i in 0..FLAGS {
         let (bp, unit, enabled, prerequisites) = match i {
             0..ALLOWLISTED => (0, pb::RolloutUnit::Tenant, true, vec![]),
-            ..60 => {
+            ALLOWLISTED..60 => {
                 let unit = if i % 2 == 0 {
                     pb::RolloutUnit::Tenant
                 } else {
@@ -127,7 +127,7 @@ pub async fn seed(addr: SocketAddr) -> anyhow::Result<Seeded> {
                 };
                 ((i as u32 * 997) % 10_001, unit, i % 10 != 5, vec![])
             }
-            ..80 => (10_000, pb::RolloutUnit::Tenant, true, vec![key(i - 50)]),
+            60..80 => (10_000, pb::RolloutUnit::Tenant, true, vec![key(i - 50)]),
             _ => (
                 5_000,
                 pb::RolloutUnit::User,

@@ -15,6 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::cpu::{CpuShare, Sample};
+
 /// A request that has not answered in this long counts as an error and ends its worker.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Far above what 2 cores reach in a measurement; only a guard against a runaway loop.
@@ -26,8 +28,8 @@ pub struct Load {
     pub duration: Duration,
 }
 
-/// What one measurement saw after the warm-up.
-#[derive(Debug, Clone)]
+/// What one measurement saw after the warm-up, or several rounds of it combined.
+#[derive(Debug, Clone, Default)]
 pub struct Stats {
     pub ops: u64,
     pub errors: u64,
@@ -35,6 +37,12 @@ pub struct Stats {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub first_error: Option<String>,
+    /// Over the measured part (not the warm-up).
+    pub cpu: Option<CpuShare>,
+    /// Throughput of each round, in the order they ran.
+    pub round_rates: Vec<f64>,
+    /// Sorted; kept so rounds can be combined into one distribution.
+    latencies_ns: Vec<u64>,
 }
 
 impl Stats {
@@ -44,6 +52,58 @@ impl Stats {
         } else {
             0.0
         }
+    }
+
+    fn with_latencies(mut self, mut latencies_ns: Vec<u64>) -> Self {
+        latencies_ns.sort_unstable();
+        let pct = |p: f64| {
+            let i = ((latencies_ns.len() as f64 * p) as usize)
+                .min(latencies_ns.len().saturating_sub(1));
+            latencies_ns.get(i).map_or(0.0, |ns| *ns as f64 / 1e6)
+        };
+        self.p50_ms = pct(0.50);
+        self.p99_ms = pct(0.99);
+        self.latencies_ns = latencies_ns;
+        self
+    }
+
+    /// Rounds pooled: throughput over their summed time, percentiles over every request, CPU
+    /// shares weighted by duration.
+    pub fn combine(rounds: Vec<Stats>) -> Stats {
+        let secs: f64 = rounds.iter().map(|r| r.secs).sum();
+        let cpu = rounds
+            .iter()
+            .map(|r| r.cpu.map(|c| (c, r.secs)))
+            .collect::<Option<Vec<_>>>()
+            .filter(|v| !v.is_empty() && secs > 0.0)
+            .map(|v| {
+                let avg =
+                    |f: fn(&CpuShare) -> f64| v.iter().map(|(c, s)| f(c) * s).sum::<f64>() / secs;
+                CpuShare {
+                    servers: avg(|c| c.servers),
+                    load_tool: avg(|c| c.load_tool),
+                    others: avg(|c| c.others),
+                }
+            });
+        let combined = Stats {
+            ops: rounds.iter().map(|r| r.ops).sum(),
+            errors: rounds.iter().map(|r| r.errors).sum(),
+            secs,
+            first_error: rounds.iter().find_map(|r| r.first_error.clone()),
+            cpu,
+            round_rates: rounds.iter().map(Stats::rate).collect(),
+            ..Stats::default()
+        };
+        let all = rounds.into_iter().flat_map(|r| r.latencies_ns).collect();
+        combined.with_latencies(all)
+    }
+
+    /// (fastest − slowest round) / median round: how far apart repeated rounds landed.
+    pub fn spread(&self) -> Option<f64> {
+        let mut r = self.round_rates.clone();
+        r.sort_by(f64::total_cmp);
+        let median = *r.get(r.len() / 2)?;
+        (r.len() > 1 && median > 0.0).then(|| (r[r.len() - 1] - r[0]) / median)
     }
 }
 
@@ -69,6 +129,8 @@ where
         .into_iter()
         .map(|state| tokio::spawn(worker(state, op.clone(), warm_end, end)))
         .collect();
+    tokio::time::sleep_until(warm_end.into()).await;
+    let cpu_start = Sample::now();
     let (mut all, mut errors, mut first_error, mut last) = (Vec::new(), 0, None, warm_end);
     for w in workers {
         match w.await {
@@ -84,19 +146,22 @@ where
             }
         }
     }
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .map_or(0.0, |ns| *ns as f64 / 1e6)
-    };
-    Stats {
+    let cpu = Sample::now()
+        .zip(cpu_start)
+        .and_then(|(now, then)| now.share_since(&then));
+    let stats = Stats {
         ops: all.len() as u64,
         errors,
         // Requests started before the deadline finish after it; count the time they took.
         secs: last.saturating_duration_since(warm_end).as_secs_f64(),
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
         first_error,
+        cpu,
+        ..Stats::default()
+    };
+    let rate = stats.rate();
+    Stats {
+        round_rates: vec![rate],
+        ..stats.with_latencies(all)
     }
 }
 
@@ -168,13 +233,30 @@ pub async fn http_call(
 /// What an HTTP measurement sends: request `n` of a worker goes to `uris[n % len]`.
 #[derive(Clone)]
 pub struct HttpTarget {
-    pub method: Method,
-    pub uris: Vec<Uri>,
+    method: Method,
+    uris: Vec<Uri>,
     /// Sent as `application/json` when not empty.
-    pub body: Bytes,
+    body: Bytes,
 }
 
 impl HttpTarget {
+    pub fn new(
+        method: Method,
+        paths: impl IntoIterator<Item = String>,
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<Self> {
+        let uris = paths
+            .into_iter()
+            .map(Uri::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        anyhow::ensure!(!uris.is_empty(), "no URI to load");
+        Ok(HttpTarget {
+            method,
+            uris,
+            body: body.into(),
+        })
+    }
+
     fn request(&self, n: u64) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(self.body.clone()));
         *req.method_mut() = self.method.clone();
@@ -198,7 +280,6 @@ pub async fn http_load(
     concurrency: usize,
     target: HttpTarget,
 ) -> anyhow::Result<Stats> {
-    anyhow::ensure!(!target.uris.is_empty(), "no URI to load");
     let mut states = Vec::with_capacity(concurrency);
     for i in 0..concurrency {
         // Workers start at different points so they do not ask for the same key in lockstep.

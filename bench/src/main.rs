@@ -11,26 +11,30 @@
 //!   recorder is installed, so metrics cost what they cost in `maxai up`. No log subscriber is
 //!   installed (nothing is logged per request at the default level).
 //! - Load is closed-loop (see [`load`]): a fixed number of requests in flight, a warm-up that is
-//!   not counted, then a fixed duration. Speed is reported, never asserted.
+//!   not counted, then a fixed duration, repeated in interleaved rounds (this machine's figures
+//!   move by ±20% from one minute to the next). Speed is reported, never asserted.
+//! - Each row says where the CPU went ([`cpu`]): a low total means the figure is bound by
+//!   waiting, not by work.
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod cpu;
 mod flags;
 mod load;
 mod report;
 mod startup;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use bytes::Bytes;
-use http::{Method, Uri};
+use http::Method;
 use maxai_kit::CancellationToken;
 use maxai_platform::PlatformConfig;
 use tokio::runtime::{Builder, Handle};
 
 use crate::{
-    load::{HttpTarget, Load},
+    load::{HttpTarget, Load, Stats},
     report::Row,
 };
 
@@ -47,22 +51,26 @@ const EVAL_GOAL: f64 = 100_000.0;
 struct Args {
     out: PathBuf,
     load: Load,
+    rounds: usize,
     maxai: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: maxai-bench [--out DIR] [--secs N] [--warmup N] [--maxai PATH]
+const USAGE: &str =
+    "usage: maxai-bench [--out DIR] [--secs N] [--warmup N] [--rounds N] [--maxai PATH]
   --out DIR     where latest.json and a timestamped copy go (default bench/results)
-  --secs N      measured seconds per load measurement (default 5, at most 60)
-  --warmup N    uncounted seconds before each (default 2, at most 30)
+  --secs N      measured seconds per measurement and round (default 4, at most 60)
+  --warmup N    uncounted seconds before each (default 1, at most 30)
+  --rounds N    rounds; each runs every measurement once, interleaved (default 3, at most 10)
   --maxai PATH  the maxai binary to start (default: built next to this executable)";
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut args = Args {
         out: PathBuf::from("bench/results"),
         load: Load {
-            warmup: Duration::from_secs(2),
-            duration: Duration::from_secs(5),
+            warmup: Duration::from_secs(1),
+            duration: Duration::from_secs(4),
         },
+        rounds: 3,
         maxai: None,
     };
     let mut it = std::env::args().skip(1);
@@ -74,15 +82,16 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         let value = it
             .next()
             .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let secs = |max: u64| -> anyhow::Result<Duration> {
+        let number = |max: u64| -> anyhow::Result<u64> {
             let n: u64 = value.parse().with_context(|| format!("{flag} {value}"))?;
             anyhow::ensure!((1..=max).contains(&n), "{flag} must be 1..={max}");
-            Ok(Duration::from_secs(n))
+            Ok(n)
         };
         match flag.as_str() {
             "--out" => args.out = PathBuf::from(&value),
-            "--secs" => args.load.duration = secs(60)?,
-            "--warmup" => args.load.warmup = secs(30)?,
+            "--secs" => args.load.duration = Duration::from_secs(number(60)?),
+            "--warmup" => args.load.warmup = Duration::from_secs(number(30)?),
+            "--rounds" => args.rounds = number(10)? as usize,
             "--maxai" => args.maxai = Some(PathBuf::from(&value)),
             _ => anyhow::bail!("unknown argument {flag}\n{USAGE}"),
         }
@@ -116,142 +125,151 @@ fn main() -> ExitCode {
     }
 }
 
-fn uris(paths: impl IntoIterator<Item = String>) -> anyhow::Result<Vec<Uri>> {
-    paths
-        .into_iter()
-        .map(|p| Uri::try_from(p).map_err(Into::into))
-        .collect()
-}
-
-fn http(extra: &str) -> String {
-    format!("{HTTP_CONNECTIONS} keep-alive HTTP/1.1 connections{extra}")
-}
-
 fn progress(what: &str) {
-    eprintln!("bench: {what}");
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let t = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64();
+    eprintln!("bench [{t:5.1} s] {what}");
+}
+
+/// One load measurement against a server that is already running.
+enum Case {
+    Http(SocketAddr, HttpTarget),
+    Echo(SocketAddr),
+    Batch(SocketAddr),
+}
+
+impl Case {
+    async fn measure(&self, load: Load) -> anyhow::Result<Stats> {
+        match self {
+            Case::Http(addr, t) => load::http_load(load, *addr, HTTP_CONNECTIONS, t.clone()).await,
+            Case::Echo(addr) => {
+                baseline::load_echo(load, *addr, GRPC_IN_FLIGHT, GRPC_CHANNELS).await
+            }
+            Case::Batch(addr) => {
+                flags::load_batch(load, *addr, GRPC_IN_FLIGHT, GRPC_CHANNELS).await
+            }
+        }
+    }
 }
 
 async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    let machine = report::machine();
     maxai_kit::metrics::prometheus();
     let config = PlatformConfig::load(None).context("platform configuration")?;
     let stop = CancellationToken::new();
     let _stop_on_exit = stop.clone().drop_guard();
     let load = args.load;
-    let mut rows = Vec::new();
-    let grpc = format!("{GRPC_IN_FLIGHT} in flight over {GRPC_CHANNELS} channels");
 
-    progress("baseline: axum hello-world");
+    progress("starting the baselines, feature-flags and the gateway");
     let hello = baseline::serve_hello(&sut, stop.clone()).await?;
-    let target = HttpTarget {
-        method: Method::GET,
-        uris: uris(["/hello".to_owned()])?,
-        body: Bytes::new(),
-    };
-    let stats = load::http_load(load, hello, HTTP_CONNECTIONS, target).await?;
-    let hello_rate = stats.rate();
-    rows.push(
-        Row::new("axum hello-world GET", "req/s")
-            .load(&stats, 1.0)
-            .goal("ref ≈110k (§8)")
-            .note(&format!("baseline; {}", http(""))),
-    );
-
-    progress("baseline: tonic echo");
     let echo = baseline::serve_echo(&sut, stop.clone()).await?;
-    let stats = baseline::load_echo(load, echo, GRPC_IN_FLIGHT, GRPC_CHANNELS).await?;
-    let echo_rate = stats.rate();
-    rows.push(
-        Row::new("tonic echo unary", "RPC/s")
-            .load(&stats, 1.0)
-            .goal("ref ≈60–80k (§8)")
-            .note(&format!("baseline; {grpc}")),
-    );
-
-    progress("baseline: axum → tonic JSON proxy");
     let upstreams = config.gateway.upstream_connections;
     let proxy = baseline::serve_proxy(&sut, echo, upstreams, stop.clone()).await?;
-    let body = serde_json::to_vec(&baseline::NameJson {
-        name: baseline::ECHO_TEXT.into(),
-    })?;
-    let target = HttpTarget {
-        method: Method::POST,
-        uris: uris(["/echo".to_owned()])?,
-        body: body.into(),
-    };
-    let stats = load::http_load(load, proxy, HTTP_CONNECTIONS, target).await?;
-    let proxy_rate = stats.rate();
-    rows.push(
-        Row::new("axum→tonic JSON proxy POST", "req/s")
-            .load(&stats, 1.0)
-            .goal("ref ≈26k, p99 ≈6 ms (§8)")
-            .note(&format!(
-                "baseline; {}",
-                http(&format!(", {upstreams} upstream channels as the gateway"))
-            )),
-    );
-
-    progress("feature-flags: seeding 100 flags and 100,000 allowlist entries");
     let data = tempfile::tempdir()?;
     let flags_addr = flags::serve_flags(&sut, &config, data.path(), stop.clone()).await?;
-    let seeded = flags::seed(flags_addr).await?;
-    progress("feature-flags: BatchEvaluateFlags");
-    let stats = flags::load_batch(load, flags_addr, GRPC_IN_FLIGHT, GRPC_CHANNELS).await?;
-    let evals = stats.rate() * BATCH;
-    rows.push(
-        Row::new("flags BatchEvaluateFlags ×100 gRPC", "evals/s")
-            .load(&stats, BATCH)
-            .baseline("tonic echo RPC/s ×100", Some(echo_rate * BATCH))
-            .goal("≥100,000")
-            .note(&format!(
-                "goal {}; {:.0} RPC/s; {grpc}; baseline = the ceiling if 100 evaluations cost \
-                 nothing beyond one bare echo",
-                if evals >= EVAL_GOAL { "met" } else { "NOT met" },
-                stats.rate()
-            )),
-    );
-
-    progress("gateway: GET /v1/flags/{key}");
     let gateway = flags::serve_gateway(&sut, &config, flags_addr, stop.clone()).await?;
-    let target = HttpTarget {
-        method: Method::GET,
-        uris: uris((0..flags::FLAGS).map(|i| format!("/v1/flags/{}", flags::key(i))))?,
-        body: Bytes::new(),
-    };
-    let stats = load::http_load(load, gateway, HTTP_CONNECTIONS, target).await?;
-    rows.push(
-        Row::new("gateway GET /v1/flags/{key}", "req/s")
-            .load(&stats, 1.0)
-            .baseline("axum→tonic JSON proxy", Some(proxy_rate))
-            .note(&format!(
-                "{}; GetFlag reads SQLite on every call (evaluation uses the snapshot)",
-                http("")
-            )),
-    );
+    progress("seeding 100 flags and 100,000 allowlist entries");
+    let seeded = flags::seed(flags_addr).await?;
+
+    let proxy_body = serde_json::to_vec(&baseline::NameJson {
+        name: baseline::ECHO_TEXT.into(),
+    })?;
+    let get = |paths: Vec<String>| HttpTarget::new(Method::GET, paths, Bytes::new());
+    let keys = (0..flags::FLAGS).map(|i| format!("/v1/flags/{}", flags::key(i)));
+    let cases = [
+        (
+            "axum hello-world",
+            Case::Http(hello, get(vec!["/hello".into()])?),
+        ),
+        ("tonic echo", Case::Echo(echo)),
+        (
+            "axum→tonic proxy",
+            Case::Http(
+                proxy,
+                HttpTarget::new(Method::POST, ["/echo".into()], proxy_body)?,
+            ),
+        ),
+        ("BatchEvaluateFlags", Case::Batch(flags_addr)),
+        ("gateway GET", Case::Http(gateway, get(keys.collect())?)),
+    ];
+    // Interleaved rounds: a slow spell of this shared machine lands on every measurement
+    // alike instead of on whichever happened to run then, and the spread shows its size.
+    let mut rounds = cases.each_ref().map(|_| Vec::<Stats>::new());
+    for round in 1..=args.rounds {
+        for ((name, case), out) in cases.iter().zip(&mut rounds) {
+            progress(&format!("round {round}/{}: {name}", args.rounds));
+            out.push(case.measure(load).await.with_context(|| name.to_string())?);
+        }
+    }
+    let [hello_s, echo_s, proxy_s, batch_s, gateway_s] = rounds.map(Stats::combine);
     // The in-process services would otherwise share the cores with the binary being started.
     stop.cancel();
 
+    let http = format!("{HTTP_CONNECTIONS} keep-alive HTTP/1.1 connections");
+    let grpc = format!("{GRPC_IN_FLIGHT} in flight over {GRPC_CHANNELS} channels");
+    let evals = batch_s.rate() * BATCH;
+    let mut rows = vec![
+        Row::new("axum hello-world GET", "req/s")
+            .load(&hello_s, 1.0)
+            .goal("ref ≈110k (§8)")
+            .note(&format!("baseline; {http}")),
+        Row::new("tonic echo unary", "RPC/s")
+            .load(&echo_s, 1.0)
+            .goal("ref ≈60–80k (§8)")
+            .note(&format!("baseline; {grpc}")),
+        Row::new("axum→tonic JSON proxy POST", "req/s")
+            .load(&proxy_s, 1.0)
+            .goal("ref ≈26k, p99 ≈6 ms (§8)")
+            .note(&format!(
+                "baseline; {http}, {upstreams} upstream channels like the gateway"
+            )),
+        Row::new("flags BatchEvaluateFlags ×100 gRPC", "evals/s")
+            .load(&batch_s, BATCH)
+            .baseline("tonic echo RPC/s ×100", Some(echo_s.rate() * BATCH))
+            .goal("≥100,000")
+            .note(&format!(
+                "goal {}; {:.0} RPC/s; {grpc}; baseline = ceiling if 100 evaluations cost \
+                 nothing beyond one echo",
+                if evals >= EVAL_GOAL { "met" } else { "NOT met" },
+                batch_s.rate()
+            )),
+        Row::new("gateway GET /v1/flags/{key}", "req/s")
+            .load(&gateway_s, 1.0)
+            .baseline("axum→tonic JSON proxy", Some(proxy_s.rate()))
+            .note(&format!("{http}; GetFlag reads SQLite on every call")),
+    ];
+
     progress("maxai up: startup and idle memory");
     rows.extend(startup_rows(args.maxai.clone()).await);
+    progress("done");
 
     print!("\n{}\n", report::table(&rows));
     println!(
-        "evaluation mix of the flags data set: {:?}; seeding took {:.1} s",
-        seeded.reasons, seeded.seconds
+        "{} rounds of {} s (+{} s warm-up) each; evaluation mix of the flags data: {:?}; \
+         seeding took {:.1} s",
+        args.rounds,
+        load.duration.as_secs(),
+        load.warmup.as_secs(),
+        seeded.reasons,
+        seeded.seconds
     );
     let now = chrono::Utc::now();
     let json = serde_json::json!({
         "date_utc": now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         "git_commit": report::git_commit(&startup::workspace_root()),
-        "machine": report::machine(),
+        "machine": machine,
         "settings": {
+            "rounds": args.rounds,
             "warmup_s": load.warmup.as_secs(),
             "duration_s": load.duration.as_secs(),
             "http_connections": HTTP_CONNECTIONS,
             "grpc_in_flight": GRPC_IN_FLIGHT,
             "grpc_channels": GRPC_CHANNELS,
             "startup_runs": STARTUP_RUNS,
-            "reference_hello_rps": hello_rate,
         },
         "flags_data": seeded,
         "rows": rows,

@@ -3,7 +3,7 @@ use std::{path::Path, process::Command};
 
 use serde::Serialize;
 
-use crate::load::Stats;
+use crate::{cpu::CpuShare, load::Stats};
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Row {
@@ -22,6 +22,10 @@ pub struct Row {
     /// Successful operations counted, and failures, when the row is a load measurement.
     pub ops: Option<u64>,
     pub errors: Option<u64>,
+    pub cpu: Option<CpuShare>,
+    pub round_rates: Vec<f64>,
+    /// (fastest − slowest round) / median round.
+    pub spread: Option<f64>,
 }
 
 impl Row {
@@ -41,6 +45,9 @@ impl Row {
         self.p99_ms = Some(stats.p99_ms);
         self.ops = Some(stats.ops);
         self.errors = Some(stats.errors);
+        self.cpu = stats.cpu;
+        self.round_rates = stats.round_rates.iter().map(|r| r * per_op).collect();
+        self.spread = stats.spread();
         if stats.errors > 0 {
             let first = stats.first_error.as_deref().unwrap_or("?");
             self.add_note(&format!("{} errors, first: {first}", stats.errors));
@@ -140,7 +147,17 @@ pub fn table(rows: &[Row]) -> String {
                 } else {
                     r.goal.clone()
                 },
-                r.note.clone(),
+                [
+                    r.note.clone(),
+                    r.spread.map_or(String::new(), |s| {
+                        format!("rounds spread {:.0}%", s * 100.0)
+                    }),
+                    r.cpu.map_or(String::new(), |c| c.describe()),
+                ]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
             ]
         })
         .collect();
@@ -189,6 +206,8 @@ pub struct Machine {
     pub nproc: usize,
     pub cpu_model: String,
     pub mem_total_kib: u64,
+    /// /proc/loadavg when the run started: a busy neighbour shows here first.
+    pub loadavg_at_start: String,
 }
 
 pub fn machine() -> Machine {
@@ -209,6 +228,10 @@ pub fn machine() -> Machine {
             .trim()
             .parse()
             .unwrap_or(0),
+        loadavg_at_start: std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
     }
 }
 

@@ -226,13 +226,15 @@ impl FeatureFlagsService for FlagsApi {
     ) -> Result<Response<pb::GetFlagResponse>, Status> {
         let pb::GetFlagRequest { name } = request.into_inner();
         let key = FlagKey::from_name(&name).map_err(|m| Error::invalid("name", m))?;
-        let flag = self
-            .store
-            .get(&key)
-            .await?
+        // Served from the replica's snapshot: the same rows, kept current by change
+        // notifications (this replica's own writes are visible before they return).
+        let snapshot = self.view.current();
+        let compiled = snapshot
+            .flags
+            .get(key.as_str())
             .ok_or_else(|| Error::not_found(format!("flag {key}")))?;
         Ok(Response::new(pb::GetFlagResponse {
-            flag: Some(flag_to_pb(&flag)),
+            flag: Some(flag_to_pb(&compiled.flag)),
         }))
     }
 

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Instant};
 
 use anyhow::Context;
 use maxai_kit::{
-    server::{serve_grpc, GrpcApp},
+    server::{serve_grpc, serve_http, GrpcApp},
     shared_state::SharedState,
     storage, CancellationToken,
 };
@@ -161,16 +161,14 @@ pub async fn run(
         listeners.http = Some(sockets.http.local_addr()?);
         let token = shutdown.clone();
         tasks.spawn(async move {
-            axum::serve(sockets.http, maxai_gateway::router(gateway))
-                .with_graceful_shutdown(token.cancelled_owned())
+            serve_http(sockets.http, maxai_gateway::router(gateway), token)
                 .await
                 .context("REST gateway")
         });
     }
     let token = shutdown.clone();
     tasks.spawn(async move {
-        axum::serve(sockets.metrics, maxai_kit::metrics::router())
-            .with_graceful_shutdown(token.cancelled_owned())
+        serve_http(sockets.metrics, maxai_kit::metrics::router(), token)
             .await
             .context("metrics endpoint")
     });

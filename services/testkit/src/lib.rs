@@ -172,9 +172,7 @@ pub async fn serve_gateway(grpc: &Running, services: Vec<String>) -> Running {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, maxai_gateway::router(gw))
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await;
+        let _ = maxai_kit::server::serve_http(listener, maxai_gateway::router(gw), token).await;
     });
     Running { addr, shutdown }
 }
