@@ -240,7 +240,7 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
         Row::new("gateway GET /v1/flags/{key}", "req/s")
             .load(&gateway_s, 1.0)
             .baseline("axum→tonic JSON proxy", Some(proxy_s.rate()))
-            .note(&format!("{http}; GetFlag reads SQLite on every call")),
+            .note(&format!("{http}; GetFlag answers from the flag snapshot")),
     ];
 
     progress("maxai up: startup and idle memory");
