@@ -4,6 +4,7 @@ use std::{collections::HashMap, sync::Arc};
 use maxai_kit::{
     error::Violations,
     paging::{decode_token, encode_token, page_size},
+    resource::expected_revision,
     Error, Result,
 };
 use maxai_proto::maxai::flags::v1::{
@@ -15,8 +16,7 @@ use crate::{
     config::FlagsConfig,
     convert::{evaluation_to_pb, flag_fields, flag_to_pb, kind_from_pb, stage_from_pb},
     domain::{
-        etag, evaluate, revision_of, AllowlistKind, Context, EnvName, Flag, FlagKey,
-        MAX_PREREQUISITE_DEPTH,
+        etag, evaluate, AllowlistKind, Context, EnvName, Flag, FlagKey, MAX_PREREQUISITE_DEPTH,
     },
     metrics::EVALUATIONS_TOTAL,
     store::FlagStore,
@@ -161,15 +161,6 @@ impl FlagsApi {
             _ => Err(Error::invalid("flag", "is invalid")),
         }
     }
-}
-
-fn expected_revision(etag: &str, field: &str) -> Result<Option<i64>> {
-    if etag.is_empty() {
-        return Ok(None);
-    }
-    revision_of(etag)
-        .map(Some)
-        .ok_or_else(|| Error::invalid(field, "is not an etag this service issued"))
 }
 
 #[tonic::async_trait]

@@ -8,12 +8,7 @@ use crate::domain::{
     MAX_BASIS_POINTS,
 };
 
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
-    }
-}
+pub use maxai_kit::resource::timestamp;
 
 pub fn stage_to_pb(s: Stage) -> pb::Stage {
     match s {

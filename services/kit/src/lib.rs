@@ -12,6 +12,7 @@
 //! | [`descriptors`] | the contracts' descriptor pool and their `http` / `auth` options |
 //! | [`dynamic`] | JSON ⇄ protobuf calls to any RPC through the descriptor pool |
 //! | [`paging`] | AIP-158 page sizes and tokens |
+//! | [`resource`] | etags, timestamps, field masks, request ids, resource ids |
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -20,6 +21,7 @@ pub mod dynamic;
 pub mod error;
 pub mod metrics;
 pub mod paging;
+pub mod resource;
 pub mod server;
 pub mod shared_state;
 pub mod storage;

@@ -20,15 +20,17 @@ pub use config::PlatformConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
     FeatureFlags,
+    Iam,
     Gateway,
 }
 
 impl Component {
-    pub const ALL: [Component; 2] = [Component::FeatureFlags, Component::Gateway];
+    pub const ALL: [Component; 3] = [Component::FeatureFlags, Component::Iam, Component::Gateway];
 
     pub fn name(self) -> &'static str {
         match self {
             Component::FeatureFlags => "feature-flags",
+            Component::Iam => "iam",
             Component::Gateway => "gateway",
         }
     }
@@ -64,7 +66,9 @@ pub const PLANNED: [&str; 6] = [
 
 /// gRPC services the gateway routes to (those implemented).
 pub fn routed_services() -> Vec<String> {
-    vec![maxai_feature_flags::SERVICE_NAME.to_owned()]
+    let mut names = vec![maxai_feature_flags::SERVICE_NAME.to_owned()];
+    names.extend(maxai_iam::SERVICE_NAMES.map(String::from));
+    names
 }
 
 /// Where a running platform listens.
@@ -131,6 +135,13 @@ pub async fn run(
         .context("feature-flags")?;
         routes.add_service(flags);
         names.push(maxai_feature_flags::SERVICE_NAME.to_owned());
+    }
+    if components.contains(&Component::Iam) {
+        maxai_iam::start(&config.storage, config.server.max_message_bytes)
+            .await
+            .context("iam")?
+            .add_to(&mut routes);
+        names.extend(maxai_iam::SERVICE_NAMES.map(String::from));
     }
     if !names.is_empty() {
         listeners.grpc = Some(sockets.grpc.local_addr()?);
@@ -210,6 +221,16 @@ pub async fn migrate(
                     &config.storage,
                     maxai_feature_flags::STORAGE_NAME,
                     &maxai_feature_flags::MIGRATIONS,
+                )
+                .await?;
+                done.push(format!("{} ({})", c.name(), db.dialect()));
+                db.close().await;
+            }
+            Component::Iam => {
+                let db = storage::connect(
+                    &config.storage,
+                    maxai_iam::STORAGE_NAME,
+                    &maxai_iam::MIGRATIONS,
                 )
                 .await?;
                 done.push(format!("{} ({})", c.name(), db.dialect()));

@@ -26,7 +26,7 @@ enum Command {
     Up,
     /// Run only the named components, as Kubernetes does (e.g. `maxai serve feature-flags`).
     Serve {
-        /// feature-flags, gateway
+        /// feature-flags, iam, gateway
         #[arg(required = true)]
         components: Vec<String>,
     },

@@ -97,7 +97,7 @@ fn commands_have_help_and_refuse_unknown_services() {
             "{args:?}"
         );
     }
-    let out = maxai(&["serve", "iam"], &[]);
+    let out = maxai(&["serve", "prompt"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not implemented"), "{}", stderr(&out));
     let out = maxai(&["serve", "nonsense"], &[]);
@@ -114,8 +114,13 @@ fn migrate_applies_every_service_on_sqlite() {
     let data = dir.path().to_str().expect("path");
     let out = maxai(&["migrate"], &[("MAXAI_STORAGE__DATA_DIR", data)]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("migrated feature-flags (sqlite)"));
-    assert!(dir.path().join("flags.db").exists());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains("migrated feature-flags (sqlite)")
+            && stdout.contains("migrated iam (sqlite)"),
+        "{stdout}"
+    );
+    assert!(dir.path().join("flags.db").exists() && dir.path().join("iam.db").exists());
 }
 
 fn free_port() -> u16 {

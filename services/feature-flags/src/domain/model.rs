@@ -156,14 +156,7 @@ impl Flag {
     }
 }
 
-pub fn etag(revision: i64) -> String {
-    format!("r{revision}")
-}
-
-/// The revision an etag names, if it is one of ours.
-pub fn revision_of(etag: &str) -> Option<i64> {
-    etag.trim_matches('"').strip_prefix('r')?.parse().ok()
-}
+pub use maxai_kit::resource::{etag, revision_of};
 
 #[cfg(test)]
 mod tests {
@@ -177,12 +170,5 @@ mod tests {
         }
         assert_eq!(FlagKey::from_name("flags/x").unwrap().as_str(), "x");
         assert!(FlagKey::from_name("tenants/x").is_err());
-    }
-
-    #[test]
-    fn etags_round_trip() {
-        assert_eq!(revision_of(&etag(42)), Some(42));
-        assert_eq!(revision_of("\"r7\""), Some(7));
-        assert_eq!(revision_of("garbage"), None);
     }
 }

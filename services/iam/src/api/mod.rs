@@ -1,0 +1,5 @@
+//! The gRPC surface of IAM.
+mod names;
+pub mod tenants;
+
+pub use tenants::TenantsApi;

@@ -1,0 +1,46 @@
+//! Persistence of tenants and clients: one trait, one SQL implementation for PostgreSQL and
+//! SQLite, one conformance suite run against both.
+#[doc(hidden)]
+pub mod conformance;
+mod sql;
+
+use async_trait::async_trait;
+use maxai_kit::Result;
+
+use crate::domain::{Client, ClientState, Tenant, TenantState};
+
+pub use sql::SqlIamStore;
+
+#[async_trait]
+pub trait TenancyStore: Send + Sync + 'static {
+    /// Inserts at revision 1; the same `request_id` again returns what it created.
+    async fn create_tenant(&self, tenant: &Tenant, request_id: Option<&str>) -> Result<Tenant>;
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>>;
+    /// Tenants with id > `after`, by id. Without a state filter, deleted tenants are left out.
+    async fn list_tenants(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+        state: Option<TenantState>,
+    ) -> Result<Vec<Tenant>>;
+    /// Replaces the mutable fields (and state), bumps the revision; `Conflict` on a stale revision.
+    async fn update_tenant(&self, tenant: &Tenant, expected_revision: i64) -> Result<Tenant>;
+
+    /// `PreconditionFailed` when the tenant is missing, suspended or deleted.
+    async fn create_client(&self, client: &Client, request_id: Option<&str>) -> Result<Client>;
+    async fn get_client(&self, tenant_id: &str, id: &str) -> Result<Option<Client>>;
+    async fn list_clients(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+        state: Option<ClientState>,
+    ) -> Result<Vec<Client>>;
+    async fn update_client(&self, client: &Client, expected_revision: i64) -> Result<Client>;
+    async fn delete_client(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        expected_revision: Option<i64>,
+    ) -> Result<()>;
+}
