@@ -1,36 +1,49 @@
 //! Identity and access management.
 //!
 //! Today: tenants (agencies, `tenants/{tenant}`, soft-deleted) and their clients (businesses,
-//! `tenants/{tenant}/clients/{client}`) over `maxai.iam.v1.TenantService`. Users, roles and
-//! assignments, the policy engine, tokens, SSO and the audit trail are the rest of the IAM
-//! issue and are not served yet.
+//! `tenants/{tenant}/clients/{client}`); built-in and custom roles, the permission catalogue
+//! (read from the contracts) and role assignments scoped to a tenant or one client; and the
+//! policy engine answering Authorize / BatchAuthorize with a reason, cached and invalidated on
+//! every role or assignment change. Users, tokens, SSO, the audit trail and enforcement across
+//! the mesh are the rest of the IAM issue and are not served yet.
 //!
 //! | module | job |
 //! | --- | --- |
 //! | [`domain`] | tenant and client model, field rules |
 //! | [`store`] | `TenancyStore` trait, its SQL implementation and conformance suite |
 //! | [`convert`] | proto ⇄ domain |
+//! | [`policy`] | the policy engine and its decision cache |
 //! | [`api`] | the tonic services |
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod convert;
 pub mod domain;
+pub mod policy;
 pub mod store;
 
 use std::sync::Arc;
 
 use maxai_kit::{
     config::StorageConfig,
+    shared_state::SharedState,
     storage::{self, Migrations},
+    CancellationToken,
 };
 use maxai_proto::maxai::iam::v1::{
-    client_service_server::ClientServiceServer, tenant_service_server::TenantServiceServer,
+    authorization_service_server::AuthorizationServiceServer,
+    client_service_server::ClientServiceServer, role_service_server::RoleServiceServer,
+    tenant_service_server::TenantServiceServer,
 };
 use sqlx::migrate::Migrator;
 
 /// gRPC services this crate serves, for health, reflection and the gateway.
-pub const SERVICE_NAMES: [&str; 2] = ["maxai.iam.v1.TenantService", "maxai.iam.v1.ClientService"];
+pub const SERVICE_NAMES: [&str; 4] = [
+    "maxai.iam.v1.TenantService",
+    "maxai.iam.v1.ClientService",
+    "maxai.iam.v1.RoleService",
+    "maxai.iam.v1.AuthorizationService",
+];
 /// Storage name: PostgreSQL schema `iam`, SQLite file `iam.db`.
 pub const STORAGE_NAME: &str = "iam";
 
@@ -46,6 +59,8 @@ pub const MIGRATIONS: Migrations = Migrations {
 pub struct Servers {
     pub tenants: TenantServiceServer<api::TenantsApi>,
     pub clients: ClientServiceServer<api::TenantsApi>,
+    pub roles: RoleServiceServer<api::AccessApi>,
+    pub authorization: AuthorizationServiceServer<api::AccessApi>,
 }
 
 impl Servers {
@@ -53,22 +68,37 @@ impl Servers {
     pub fn add_to(self, routes: &mut tonic::service::RoutesBuilder) {
         routes.add_service(self.tenants);
         routes.add_service(self.clients);
+        routes.add_service(self.roles);
+        routes.add_service(self.authorization);
     }
 }
 
 /// Opens storage (running migrations) and returns the gRPC servers.
 pub async fn start(
     storage_config: &StorageConfig,
+    shared: &SharedState,
     max_message_bytes: usize,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<Servers> {
     let db = storage::connect(storage_config, STORAGE_NAME, &MIGRATIONS).await?;
-    let store: Arc<dyn store::TenancyStore> = Arc::new(store::SqlIamStore::new(db));
-    let api = Arc::new(api::TenantsApi::new(store));
+    let sql = Arc::new(store::SqlIamStore::new(db));
+    let tenancy: Arc<dyn store::TenancyStore> = sql.clone();
+    let access: Arc<dyn store::AccessStore> = sql;
+    let policy =
+        policy::PolicyEngine::start(access.clone(), shared.notifier.clone(), shutdown).await?;
+    let access_api = Arc::new(api::AccessApi::new(tenancy.clone(), access, policy));
+    let api = Arc::new(api::TenantsApi::new(tenancy));
     Ok(Servers {
         tenants: TenantServiceServer::from_arc(api.clone())
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
         clients: ClientServiceServer::from_arc(api)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+        roles: RoleServiceServer::from_arc(access_api.clone())
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+        authorization: AuthorizationServiceServer::from_arc(access_api)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
     })

@@ -15,7 +15,17 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 async fn serve(backend: &Backend) -> Running {
-    let servers = start(&backend.storage, 4 << 20).await.expect("start iam");
+    let shared = maxai_kit::shared_state::SharedState::connect(&backend.storage)
+        .await
+        .expect("shared");
+    let servers = start(
+        &backend.storage,
+        &shared,
+        4 << 20,
+        maxai_kit::CancellationToken::new(),
+    )
+    .await
+    .expect("start iam");
     let mut routes = tonic::service::RoutesBuilder::default();
     servers.add_to(&mut routes);
     serve_grpc(GrpcApp {
@@ -47,7 +57,7 @@ async fn store_conformance_on_every_backend() {
         let db = storage::connect(&backend.storage, STORAGE_NAME, &MIGRATIONS)
             .await
             .expect("connect");
-        conformance::run(&SqlIamStore::new(db)).await;
+        conformance::run_all(&SqlIamStore::new(db)).await;
         eprintln!("iam conformance passed on {}", backend.name);
     }
 }
@@ -298,5 +308,409 @@ async fn tenancy_over_rest() {
                 method.full_name()
             );
         }
+    }
+}
+
+mod access {
+    use super::*;
+    use maxai_proto::maxai::iam::v1::{
+        authorization_service_client::AuthorizationServiceClient,
+        role_service_client::RoleServiceClient,
+    };
+
+    async fn tenant_and_client(server: &Running, tenant_id: &str) {
+        let mut t = TenantServiceClient::connect(server.url())
+            .await
+            .expect("connect");
+        t.create_tenant(pb::CreateTenantRequest {
+            tenant: Some(tenant("T")),
+            tenant_id: tenant_id.into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("tenant");
+        let mut c = ClientServiceClient::connect(server.url())
+            .await
+            .expect("connect");
+        c.create_client(pb::CreateClientRequest {
+            parent: format!("tenants/{tenant_id}"),
+            client: Some(pb::Client {
+                display_name: "C".into(),
+                time_zone: "UTC".into(),
+                ..Default::default()
+            }),
+            client_id: "shop".into(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("client");
+    }
+
+    fn check(subject: &str, permission: &str, resource: &str) -> pb::AuthorizeRequest {
+        pb::AuthorizeRequest {
+            check: Some(pb::AuthorizationCheck {
+                subject: subject.into(),
+                permission: permission.into(),
+                resource: resource.into(),
+            }),
+        }
+    }
+
+    async fn allowed(
+        a: &mut AuthorizationServiceClient<tonic::transport::Channel>,
+        subject: &str,
+        permission: &str,
+        resource: &str,
+    ) -> (bool, String) {
+        let r = a
+            .authorize(check(subject, permission, resource))
+            .await
+            .expect("authorize")
+            .into_inner()
+            .result
+            .expect("result");
+        (r.decision == pb::Decision::Allow as i32, r.reason)
+    }
+
+    /// Roles and assignments decide, scoped to their tenant and client; revoking is immediate.
+    #[tokio::test]
+    async fn policy_engine_decides_and_forgets_on_change() {
+        for backend in backends().await {
+            let server = serve(&backend).await;
+            tenant_and_client(&server, "acme").await;
+            tenant_and_client(&server, "beta").await;
+            let mut roles = RoleServiceClient::connect(server.url())
+                .await
+                .expect("connect");
+            let mut authz = AuthorizationServiceClient::connect(server.url())
+                .await
+                .expect("connect");
+
+            let admin = roles
+                .create_role_assignment(pb::CreateRoleAssignmentRequest {
+                    parent: "tenants/acme".into(),
+                    role_assignment: Some(pb::RoleAssignment {
+                        principal: "tenants/acme/users/ann".into(),
+                        role: "roles/tenant-admin".into(),
+                        scope: "tenants/acme".into(),
+                        ..Default::default()
+                    }),
+                    request_id: String::new(),
+                })
+                .await
+                .expect("assign")
+                .into_inner()
+                .role_assignment
+                .expect("assignment");
+            assert_eq!(admin.scope_kind, pb::ScopeKind::Tenant as i32);
+
+            let (ok, reason) = allowed(
+                &mut authz,
+                "tenants/acme/users/ann",
+                "iam.clients.delete",
+                "tenants/acme/clients/shop",
+            )
+            .await;
+            assert!(ok && reason.contains("roles/tenant-admin"), "{reason}");
+            let (ok, reason) = allowed(
+                &mut authz,
+                "tenants/acme/users/ann",
+                "iam.clients.delete",
+                "tenants/beta/clients/shop",
+            )
+            .await;
+            assert!(!ok, "a tenant admin of acme has nothing in beta: {reason}");
+            let (ok, _) = allowed(
+                &mut authz,
+                "tenants/acme/users/ann",
+                "flags.flags.create",
+                "flags/x",
+            )
+            .await;
+            assert!(!ok, "platform permissions need a platform admin");
+
+            // Cross-tenant grants are refused at assignment time and nothing is stored.
+            let refused = roles
+                .create_role_assignment(pb::CreateRoleAssignmentRequest {
+                    parent: "tenants/acme".into(),
+                    role_assignment: Some(pb::RoleAssignment {
+                        principal: "tenants/beta/users/bob".into(),
+                        role: "roles/tenant-admin".into(),
+                        scope: "tenants/beta".into(),
+                        ..Default::default()
+                    }),
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                fields(&refused),
+                ["role_assignment.principal", "role_assignment.scope"]
+            );
+
+            // A custom role of acme, on one client only.
+            roles
+                .create_role(pb::CreateRoleRequest {
+                    parent: "tenants/acme".into(),
+                    role: Some(pb::Role {
+                        title: "Publisher".into(),
+                        permissions: vec!["prompt.instances.publish".into()],
+                        ..Default::default()
+                    }),
+                    role_id: "publisher".into(),
+                    request_id: String::new(),
+                })
+                .await
+                .expect("role");
+            let bad_role = roles
+                .create_role(pb::CreateRoleRequest {
+                    parent: "tenants/acme".into(),
+                    role: Some(pb::Role {
+                        title: "Sneaky".into(),
+                        permissions: vec!["flags.flags.create".into(), "nope.x.y".into()],
+                        ..Default::default()
+                    }),
+                    role_id: "sneaky".into(),
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                fields(&bad_role),
+                ["role.permissions[0]", "role.permissions[1]"]
+            );
+            roles
+                .create_role_assignment(pb::CreateRoleAssignmentRequest {
+                    parent: "tenants/acme".into(),
+                    role_assignment: Some(pb::RoleAssignment {
+                        principal: "tenants/acme/users/cy".into(),
+                        role: "tenants/acme/roles/publisher".into(),
+                        scope: "tenants/acme/clients/shop".into(),
+                        ..Default::default()
+                    }),
+                    request_id: String::new(),
+                })
+                .await
+                .expect("assign custom");
+            let inside = "tenants/acme/clients/shop/promptInstances/p1";
+            assert!(
+                allowed(
+                    &mut authz,
+                    "tenants/acme/users/cy",
+                    "prompt.instances.publish",
+                    inside
+                )
+                .await
+                .0
+            );
+            assert!(
+                !allowed(
+                    &mut authz,
+                    "tenants/acme/users/cy",
+                    "prompt.instances.delete",
+                    inside
+                )
+                .await
+                .0
+            );
+            assert!(
+                !allowed(
+                    &mut authz,
+                    "tenants/acme/users/cy",
+                    "prompt.instances.publish",
+                    "tenants/acme/clients/other/promptInstances/p1"
+                )
+                .await
+                .0
+            );
+
+            // Revoking the assignment takes effect on the next check (the cache is invalidated).
+            roles
+                .delete_role_assignment(pb::DeleteRoleAssignmentRequest {
+                    name: admin.name.clone(),
+                    etag: String::new(),
+                })
+                .await
+                .expect("revoke");
+            let (ok, reason) = allowed(
+                &mut authz,
+                "tenants/acme/users/ann",
+                "iam.clients.delete",
+                "tenants/acme/clients/shop",
+            )
+            .await;
+            assert!(!ok, "still allowed after revocation: {reason}");
+
+            let batch = authz
+                .batch_authorize(pb::BatchAuthorizeRequest {
+                    parent: "tenants/acme".into(),
+                    checks: vec![
+                        pb::AuthorizationCheck {
+                            subject: "tenants/acme/users/cy".into(),
+                            permission: "prompt.instances.publish".into(),
+                            resource: inside.into(),
+                        },
+                        pb::AuthorizationCheck {
+                            subject: "tenants/acme/users/cy".into(),
+                            permission: "iam.clients.get".into(),
+                            resource: "tenants/acme/clients/shop".into(),
+                        },
+                    ],
+                })
+                .await
+                .expect("batch")
+                .into_inner()
+                .results;
+            assert_eq!(
+                batch.iter().map(|r| r.decision).collect::<Vec<_>>(),
+                [pb::Decision::Allow as i32, pb::Decision::Deny as i32]
+            );
+            let outside = authz
+                .batch_authorize(pb::BatchAuthorizeRequest {
+                    parent: "tenants/acme".into(),
+                    checks: vec![pb::AuthorizationCheck {
+                        subject: "tenants/acme/users/cy".into(),
+                        permission: "iam.clients.get".into(),
+                        resource: "tenants/beta".into(),
+                    }],
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(fields(&outside), ["checks[0].resource"]);
+            eprintln!("policy passed on {}", backend.name);
+        }
+    }
+
+    #[tokio::test]
+    async fn built_in_roles_and_permissions_are_listed() {
+        let backend = maxai_testkit::sqlite();
+        let server = serve(&backend).await;
+        let mut roles = RoleServiceClient::connect(server.url())
+            .await
+            .expect("connect");
+        let built_in = roles
+            .list_roles(pb::ListRolesRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .roles;
+        let names: Vec<&str> = built_in.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "roles/platform-admin",
+                "roles/tenant-admin",
+                "roles/tenant-member",
+                "roles/client-admin",
+                "roles/client-viewer"
+            ]
+        );
+        let viewer = roles
+            .get_role(pb::GetRoleRequest {
+                name: "roles/client-viewer".into(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .role
+            .expect("role");
+        assert!(viewer.built_in && viewer.permissions.contains(&"iam.clients.get".to_owned()));
+        let perms = roles
+            .list_permissions(pb::ListPermissionsRequest {
+                page_size: 5,
+                page_token: String::new(),
+                area: "iam".into(),
+                scope: 0,
+            })
+            .await
+            .expect("perms")
+            .into_inner();
+        assert_eq!(perms.permissions.len(), 5);
+        assert!(perms
+            .permissions
+            .iter()
+            .all(|p| p.permission.starts_with("iam.")));
+        assert!(!perms.next_page_token.is_empty());
+        let immutable = roles
+            .delete_role(pb::DeleteRoleRequest {
+                name: "roles/tenant-admin".into(),
+                etag: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(immutable.code(), Code::FailedPrecondition);
+    }
+
+    /// A revocation through one replica reaches another replica's decision cache within a
+    /// second (Redis pub/sub between separately connected replicas).
+    #[tokio::test]
+    async fn revocation_reaches_other_replicas() {
+        let Some(backend) = maxai_testkit::postgres().await else {
+            return;
+        };
+        let a = serve(&backend).await;
+        let b = serve(&backend).await;
+        tenant_and_client(&a, "acme").await;
+        let mut roles = RoleServiceClient::connect(a.url()).await.expect("connect");
+        let mut authz_b = AuthorizationServiceClient::connect(b.url())
+            .await
+            .expect("connect");
+        let grant = roles
+            .create_role_assignment(pb::CreateRoleAssignmentRequest {
+                parent: "tenants/acme".into(),
+                role_assignment: Some(pb::RoleAssignment {
+                    principal: "tenants/acme/users/ann".into(),
+                    role: "roles/client-admin".into(),
+                    scope: "tenants/acme/clients/shop".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .expect("assign")
+            .into_inner()
+            .role_assignment
+            .expect("assignment");
+        // Replica b decides (and caches) the allow.
+        assert!(
+            allowed(
+                &mut authz_b,
+                "tenants/acme/users/ann",
+                "iam.clients.update",
+                "tenants/acme/clients/shop"
+            )
+            .await
+            .0
+        );
+        roles
+            .delete_role_assignment(pb::DeleteRoleAssignmentRequest {
+                name: grant.name,
+                etag: String::new(),
+            })
+            .await
+            .expect("revoke");
+        let start = std::time::Instant::now();
+        loop {
+            if !allowed(
+                &mut authz_b,
+                "tenants/acme/users/ann",
+                "iam.clients.update",
+                "tenants/acme/clients/shop",
+            )
+            .await
+            .0
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(1),
+                "replica b still allows a second after revocation"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        eprintln!(
+            "replica b forgot the revoked grant after {:?}",
+            start.elapsed()
+        );
     }
 }

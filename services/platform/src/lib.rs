@@ -137,10 +137,15 @@ pub async fn run(
         names.push(maxai_feature_flags::SERVICE_NAME.to_owned());
     }
     if components.contains(&Component::Iam) {
-        maxai_iam::start(&config.storage, config.server.max_message_bytes)
-            .await
-            .context("iam")?
-            .add_to(&mut routes);
+        maxai_iam::start(
+            &config.storage,
+            &shared,
+            config.server.max_message_bytes,
+            shutdown.clone(),
+        )
+        .await
+        .context("iam")?
+        .add_to(&mut routes);
         names.extend(maxai_iam::SERVICE_NAMES.map(String::from));
     }
     if !names.is_empty() {

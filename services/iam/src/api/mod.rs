@@ -1,5 +1,7 @@
 //! The gRPC surface of IAM.
 mod names;
+pub mod roles;
 pub mod tenants;
 
+pub use roles::AccessApi;
 pub use tenants::TenantsApi;

@@ -1,5 +1,14 @@
 //! Tenants and clients as the service understands them, validated once when they come in.
+mod access;
+mod roles;
+
+pub use access::{decide, Assignment, CustomRole, Decision};
 mod tenancy;
+
+pub use roles::{
+    built_in, built_in_roles, catalogue, scope_contains, scope_kind, BuiltInRole, PermissionInfo,
+    ScopeKind, ANY_PRINCIPAL,
+};
 
 pub use tenancy::{
     email_ok, time_zone_ok, validate_labels, Client, ClientState, RateLimitRule, RateLimits,

@@ -53,6 +53,12 @@ pub async fn run(store: &dyn TenancyStore) {
     clients(store).await;
 }
 
+/// Everything, on one store implementing both traits.
+pub async fn run_all<S: TenancyStore + super::AccessStore>(store: &S) {
+    run(store).await;
+    access(store).await;
+}
+
 async fn tenants(store: &dyn TenancyStore) {
     let a = store
         .create_tenant(&tenant("acme"), Some("rq-1"))
@@ -244,4 +250,194 @@ async fn clients(store: &dyn TenancyStore) {
         kind_of(store.delete_client("acme", "smile", None).await),
         ErrorKind::NotFound
     );
+}
+
+/// Custom roles and assignments; needs the tenants `acme` and `beta` (see [`run_all`]).
+pub async fn access(store: &dyn super::AccessStore) {
+    use std::collections::BTreeSet;
+
+    use super::AssignmentFilter;
+    use crate::domain::{Assignment, CustomRole};
+
+    let role = CustomRole {
+        tenant_id: "acme".into(),
+        id: "publisher".into(),
+        title: "Publisher".into(),
+        description: String::new(),
+        permissions: BTreeSet::from(["prompt.instances.publish".to_owned()]),
+        revision: 0,
+        created_at_us: 0,
+        updated_at_us: 0,
+    };
+    let created = store
+        .create_role(&role, Some("rq-r"))
+        .await
+        .expect("create role");
+    assert_eq!(created.revision, 1);
+    assert_eq!(
+        store.create_role(&role, Some("rq-r")).await.expect("retry"),
+        created
+    );
+    assert_eq!(
+        kind_of(store.create_role(&role, None).await),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        store
+            .list_roles("beta", None, 10)
+            .await
+            .expect("list")
+            .len(),
+        0,
+        "roles belong to their tenant"
+    );
+
+    let assign =
+        |id: &str, principal: &str, role: &str, scope: &str, expire: Option<i64>| Assignment {
+            tenant_id: "acme".into(),
+            id: id.into(),
+            principal: principal.into(),
+            role: role.into(),
+            scope: scope.into(),
+            description: String::new(),
+            expire_at_us: expire,
+            creator: String::new(),
+            revision: 0,
+            created_at_us: 0,
+            updated_at_us: 0,
+        };
+    store
+        .create_assignment(
+            &assign(
+                "a1",
+                "tenants/acme/users/u1",
+                "tenants/acme/roles/publisher",
+                "tenants/acme",
+                None,
+            ),
+            Some("rq-a"),
+        )
+        .await
+        .expect("assign");
+    let again = store
+        .create_assignment(
+            &assign("a9", "tenants/acme/users/u1", "x", "tenants/acme", None),
+            Some("rq-a"),
+        )
+        .await
+        .expect("retry");
+    assert_eq!(
+        again.id, "a1",
+        "the same request id answers with the first assignment"
+    );
+    store
+        .create_assignment(
+            &assign(
+                "a2",
+                "tenants/acme/users/u2",
+                "roles/client-viewer",
+                "tenants/acme/clients/bright",
+                None,
+            ),
+            None,
+        )
+        .await
+        .expect("assign");
+    store
+        .create_assignment(
+            &assign(
+                "a3",
+                "tenants/acme/users/u1",
+                "roles/tenant-member",
+                "tenants/acme",
+                Some(1),
+            ),
+            None,
+        )
+        .await
+        .expect("assign");
+    assert_eq!(
+        store
+            .assignments_of("tenants/acme/users/u1")
+            .await
+            .expect("of")
+            .len(),
+        2
+    );
+    let active = AssignmentFilter {
+        active_at_us: Some(10),
+        ..Default::default()
+    };
+    let ids = |xs: Vec<Assignment>| xs.into_iter().map(|a| a.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store
+            .list_assignments("acme", &active, None, 10)
+            .await
+            .expect("list")),
+        ["a1", "a2"]
+    );
+    assert_eq!(
+        ids(store
+            .list_assignments("acme", &AssignmentFilter::default(), Some("a1"), 1)
+            .await
+            .expect("list")),
+        ["a2"]
+    );
+    let by_principal = AssignmentFilter {
+        principal: Some("tenants/acme/users/u2".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store
+            .list_assignments("acme", &by_principal, None, 10)
+            .await
+            .expect("list")),
+        ["a2"]
+    );
+    let platform_scope = AssignmentFilter {
+        scope: Some(String::new()),
+        ..Default::default()
+    };
+    assert!(store
+        .list_assignments("acme", &platform_scope, None, 10)
+        .await
+        .expect("list")
+        .is_empty());
+
+    assert_eq!(
+        kind_of(store.delete_role("acme", "publisher", None).await),
+        ErrorKind::PreconditionFailed,
+        "assigned roles stay"
+    );
+    let a1 = store
+        .get_assignment("acme", "a1")
+        .await
+        .expect("get")
+        .expect("exists");
+    let mut changed = a1.clone();
+    changed.description = "for launches".into();
+    let updated = store
+        .update_assignment(&changed, a1.revision)
+        .await
+        .expect("update");
+    assert_eq!(
+        (updated.revision, updated.description.as_str()),
+        (2, "for launches")
+    );
+    assert_eq!(
+        kind_of(store.update_assignment(&changed, a1.revision).await),
+        ErrorKind::Conflict
+    );
+    store
+        .delete_assignment("acme", "a1", Some(2))
+        .await
+        .expect("delete");
+    assert_eq!(
+        kind_of(store.delete_assignment("acme", "a1", None).await),
+        ErrorKind::NotFound
+    );
+    store
+        .delete_role("acme", "publisher", Some(created.revision))
+        .await
+        .expect("unassigned roles go");
 }

@@ -1,5 +1,6 @@
 //! Persistence of tenants and clients: one trait, one SQL implementation for PostgreSQL and
 //! SQLite, one conformance suite run against both.
+mod access_sql;
 #[doc(hidden)]
 pub mod conformance;
 mod sql;
@@ -7,7 +8,7 @@ mod sql;
 use async_trait::async_trait;
 use maxai_kit::Result;
 
-use crate::domain::{Client, ClientState, Tenant, TenantState};
+use crate::domain::{Assignment, Client, ClientState, CustomRole, Tenant, TenantState};
 
 pub use sql::SqlIamStore;
 
@@ -43,4 +44,58 @@ pub trait TenancyStore: Send + Sync + 'static {
         id: &str,
         expected_revision: Option<i64>,
     ) -> Result<()>;
+}
+
+/// Filters of ListRoleAssignments.
+#[derive(Debug, Clone, Default)]
+pub struct AssignmentFilter {
+    pub principal: Option<String>,
+    pub role: Option<String>,
+    pub scope: Option<String>,
+    /// Leave out assignments expired at this time (UTC µs), when set.
+    pub active_at_us: Option<i64>,
+}
+
+#[async_trait]
+pub trait AccessStore: Send + Sync + 'static {
+    async fn create_role(&self, role: &CustomRole, request_id: Option<&str>) -> Result<CustomRole>;
+    async fn get_role(&self, tenant_id: &str, id: &str) -> Result<Option<CustomRole>>;
+    async fn list_roles(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<CustomRole>>;
+    async fn update_role(&self, role: &CustomRole, expected_revision: i64) -> Result<CustomRole>;
+    /// `PreconditionFailed` while an assignment names the role.
+    async fn delete_role(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        expected_revision: Option<i64>,
+    ) -> Result<()>;
+
+    async fn create_assignment(
+        &self,
+        a: &Assignment,
+        request_id: Option<&str>,
+    ) -> Result<Assignment>;
+    async fn get_assignment(&self, tenant_id: &str, id: &str) -> Result<Option<Assignment>>;
+    async fn list_assignments(
+        &self,
+        tenant_id: &str,
+        filter: &AssignmentFilter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Assignment>>;
+    async fn update_assignment(&self, a: &Assignment, expected_revision: i64)
+        -> Result<Assignment>;
+    async fn delete_assignment(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        expected_revision: Option<i64>,
+    ) -> Result<()>;
+    /// Every assignment of a principal, expired ones included (the policy engine decides).
+    async fn assignments_of(&self, principal: &str) -> Result<Vec<Assignment>>;
 }

@@ -20,6 +20,9 @@ impl SqlIamStore {
     pub fn new(db: Db) -> Self {
         SqlIamStore { db }
     }
+    pub(super) fn db(&self) -> &Db {
+        &self.db
+    }
 }
 
 fn corrupt(what: &str) -> Error {
@@ -393,7 +396,9 @@ impl TenancyStore for SqlIamStore {
         id: &str,
         expected_revision: Option<i64>,
     ) -> Result<()> {
-        let deleted = on_db!(&self.db, |pool| sqlx::query(
+        let deleted =
+            on_db!(&self.db, |pool| {
+                sqlx::query(
             "DELETE FROM clients WHERE tenant_id = $1 AND id = $2 AND ($3 < 0 OR revision = $3)"
         )
         .bind(tenant_id)
@@ -401,7 +406,8 @@ impl TenancyStore for SqlIamStore {
         .bind(expected_revision.unwrap_or(-1))
         .execute(pool)
         .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+            })?;
         match (deleted, self.get_client(tenant_id, id).await?) {
             (1, _) => Ok(()),
             (_, Some(_)) => Err(stale(format!("client {id}"))),

@@ -1,0 +1,119 @@
+//! The policy engine: decisions over a principal's role assignments, cached with bounded memory.
+//! Any change to roles or assignments bumps a generation here and on every replica (through the
+//! kit's notifier), which empties the cache, so a revoked role stops granting at once.
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use maxai_kit::{shared_state::Notifier, storage::now_micros, CancellationToken, Result};
+
+use crate::{
+    domain::{decide, Decision},
+    store::AccessStore,
+};
+
+/// Notifier channel announcing a role or assignment change.
+pub const POLICY_CHANNEL: &str = "iam.policy.changed";
+/// Cached decisions at most; past it the cache starts over (bounded, and cheap to refill).
+const CACHE_CAPACITY: usize = 100_000;
+
+type Key = (String, String, String);
+
+pub struct PolicyEngine {
+    store: Arc<dyn AccessStore>,
+    notifier: Arc<dyn Notifier>,
+    cache: Mutex<HashMap<Key, Decision>>,
+}
+
+impl PolicyEngine {
+    /// Starts following change announcements until `shutdown`.
+    pub async fn start(
+        store: Arc<dyn AccessStore>,
+        notifier: Arc<dyn Notifier>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>> {
+        let engine = Arc::new(PolicyEngine {
+            store,
+            notifier: notifier.clone(),
+            cache: Mutex::new(HashMap::new()),
+        });
+        let mut rx = notifier
+            .subscribe(POLICY_CHANNEL)
+            .await
+            .map_err(maxai_kit::Error::internal)?;
+        let follower = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    msg = rx.recv() => {
+                        let Some(engine) = follower.upgrade() else { break };
+                        // A lagged receiver missed changes: clearing is the safe answer to both.
+                        if matches!(msg, Err(tokio::sync::broadcast::error::RecvError::Closed)) { break }
+                        engine.clear();
+                    }
+                }
+            }
+        });
+        Ok(engine)
+    }
+
+    fn clear(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Forgets every decision here and on every other replica.
+    pub async fn changed(&self) {
+        self.clear();
+        if let Err(e) = self.notifier.publish(POLICY_CHANNEL, "*").await {
+            tracing::warn!(error = %e, "could not announce a policy change; other replicas keep decisions until they hear of one");
+        }
+    }
+
+    pub async fn check(&self, subject: &str, permission: &str, resource: &str) -> Result<Decision> {
+        let key = (
+            subject.to_owned(),
+            permission.to_owned(),
+            resource.to_owned(),
+        );
+        if let Some(d) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(d.clone());
+        }
+        let now = now_micros();
+        let assignments: Vec<_> = self
+            .store
+            .assignments_of(subject)
+            .await?
+            .into_iter()
+            .filter(|a| a.active_at(now))
+            .collect();
+        let mut custom: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for a in &assignments {
+            let parts: Vec<&str> = a.role.split('/').collect();
+            if let ["tenants", t, "roles", r] = parts.as_slice() {
+                if let Some(role) = self.store.get_role(t, r).await? {
+                    custom.insert(a.role.clone(), role.permissions);
+                }
+            }
+        }
+        let decision = decide(&assignments, permission, resource, now, &|name| {
+            custom.get(name).cloned()
+        });
+        // Expiring assignments change decisions without a write: cache only decisions that
+        // no assignment's expiry can flip.
+        if assignments.iter().all(|a| a.expire_at_us.is_none()) {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(key, decision.clone());
+        }
+        Ok(decision)
+    }
+}
