@@ -4,8 +4,9 @@
 //! `tenants/{tenant}/clients/{client}`); built-in and custom roles, the permission catalogue
 //! (read from the contracts) and role assignments scoped to a tenant or one client; and the
 //! policy engine answering Authorize / BatchAuthorize with a reason, cached and invalidated on
-//! every role or assignment change. Users, tokens, SSO, the audit trail and enforcement across
-//! the mesh are the rest of the IAM issue and are not served yet.
+//! every role or assignment change; and the audit trail: every change above is appended to the
+//! tenant's hash chain, listed, verified and purged by `AuditService`. Users, tokens, SSO and
+//! enforcement across the mesh are the rest of the IAM issue and are not served yet.
 //!
 //! | module | job |
 //! | --- | --- |
@@ -13,10 +14,12 @@
 //! | [`store`] | `TenancyStore` trait, its SQL implementation and conformance suite |
 //! | [`convert`] | proto ⇄ domain |
 //! | [`policy`] | the policy engine and its decision cache |
+//! | [`audit`] | recording to the audit chain, and `AuditService` |
 //! | [`api`] | the tonic services |
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod convert;
 pub mod domain;
 pub mod policy;
@@ -31,6 +34,7 @@ use maxai_kit::{
     CancellationToken,
 };
 use maxai_proto::maxai::iam::v1::{
+    audit_service_server::AuditServiceServer,
     authorization_service_server::AuthorizationServiceServer,
     client_service_server::ClientServiceServer, role_service_server::RoleServiceServer,
     tenant_service_server::TenantServiceServer,
@@ -38,11 +42,12 @@ use maxai_proto::maxai::iam::v1::{
 use sqlx::migrate::Migrator;
 
 /// gRPC services this crate serves, for health, reflection and the gateway.
-pub const SERVICE_NAMES: [&str; 4] = [
+pub const SERVICE_NAMES: [&str; 5] = [
     "maxai.iam.v1.TenantService",
     "maxai.iam.v1.ClientService",
     "maxai.iam.v1.RoleService",
     "maxai.iam.v1.AuthorizationService",
+    "maxai.iam.v1.AuditService",
 ];
 /// Storage name: PostgreSQL schema `iam`, SQLite file `iam.db`.
 pub const STORAGE_NAME: &str = "iam";
@@ -61,6 +66,7 @@ pub struct Servers {
     pub clients: ClientServiceServer<api::TenantsApi>,
     pub roles: RoleServiceServer<api::AccessApi>,
     pub authorization: AuthorizationServiceServer<api::AccessApi>,
+    pub audit: AuditServiceServer<audit::AuditApi>,
 }
 
 impl Servers {
@@ -70,6 +76,7 @@ impl Servers {
         routes.add_service(self.clients);
         routes.add_service(self.roles);
         routes.add_service(self.authorization);
+        routes.add_service(self.audit);
     }
 }
 
@@ -83,11 +90,19 @@ pub async fn start(
     let db = storage::connect(storage_config, STORAGE_NAME, &MIGRATIONS).await?;
     let sql = Arc::new(store::SqlIamStore::new(db));
     let tenancy: Arc<dyn store::TenancyStore> = sql.clone();
-    let access: Arc<dyn store::AccessStore> = sql;
+    let access: Arc<dyn store::AccessStore> = sql.clone();
     let policy =
         policy::PolicyEngine::start(access.clone(), shared.notifier.clone(), shutdown).await?;
-    let access_api = Arc::new(api::AccessApi::new(tenancy.clone(), access, policy));
-    let api = Arc::new(api::TenantsApi::new(tenancy));
+    let audit_store: Arc<dyn store::AuditStore> = sql.clone();
+    let audit = Arc::new(audit::AuditLog::new(audit_store.clone()));
+    let access_api = Arc::new(api::AccessApi::new(
+        tenancy.clone(),
+        access,
+        policy,
+        audit.clone(),
+    ));
+    let audit_api = Arc::new(audit::AuditApi::new(audit_store, tenancy.clone()));
+    let api = Arc::new(api::TenantsApi::new(tenancy, audit));
     Ok(Servers {
         tenants: TenantServiceServer::from_arc(api.clone())
             .max_decoding_message_size(max_message_bytes)
@@ -99,6 +114,9 @@ pub async fn start(
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
         authorization: AuthorizationServiceServer::from_arc(access_api)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+        audit: AuditServiceServer::from_arc(audit_api)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
     })

@@ -1,5 +1,5 @@
 //! The gRPC surface of IAM.
-mod names;
+pub(crate) mod names;
 pub mod roles;
 pub mod tenants;
 

@@ -15,6 +15,7 @@ use maxai_proto::maxai::iam::v1::{
 use tonic::{Request, Response, Status};
 
 use super::names;
+use crate::audit::AuditLog;
 use crate::{
     domain::{
         built_in, built_in_roles, catalogue, scope_contains, scope_kind, Assignment, BuiltInRole,
@@ -32,6 +33,7 @@ pub struct AccessApi {
     tenancy: Arc<dyn TenancyStore>,
     store: Arc<dyn AccessStore>,
     policy: Arc<PolicyEngine>,
+    audit: Arc<AuditLog>,
 }
 
 impl AccessApi {
@@ -39,11 +41,13 @@ impl AccessApi {
         tenancy: Arc<dyn TenancyStore>,
         store: Arc<dyn AccessStore>,
         policy: Arc<PolicyEngine>,
+        audit: Arc<AuditLog>,
     ) -> Self {
         AccessApi {
             tenancy,
             store,
             policy,
+            audit,
         }
     }
 
@@ -204,6 +208,7 @@ impl RoleService for AccessApi {
         &self,
         request: Request<pb::CreateRoleRequest>,
     ) -> Result<Response<pb::CreateRoleResponse>, Status> {
+        let md = request.metadata().clone();
         let pb::CreateRoleRequest {
             parent,
             role,
@@ -248,6 +253,16 @@ impl RoleService for AccessApi {
             updated_at_us: 0,
         };
         let created = self.store.create_role(&new, request_id(&rid)?).await?;
+        self.audit
+            .changed(
+                &md,
+                &created.tenant_id,
+                "maxai.iam.v1.RoleService/CreateRole",
+                "iam.roles.create",
+                &format!("tenants/{}/roles/{}", created.tenant_id, created.id),
+                serde_json::json!({"permissions": created.permissions}),
+            )
+            .await;
         Ok(Response::new(pb::CreateRoleResponse {
             role: Some(custom_to_pb(&created)),
         }))
@@ -315,6 +330,7 @@ impl RoleService for AccessApi {
         &self,
         request: Request<pb::UpdateRoleRequest>,
     ) -> Result<Response<pb::UpdateRoleResponse>, Status> {
+        let md = request.metadata().clone();
         let pb::UpdateRoleRequest { role, update_mask } = request.into_inner();
         let role = role.ok_or_else(|| Error::invalid("role", "is required"))?;
         if role.name.starts_with("roles/") {
@@ -364,6 +380,16 @@ impl RoleService for AccessApi {
             .update_role(&next, expected.unwrap_or(current_revision))
             .await?;
         self.policy.changed().await;
+        self.audit
+            .changed(
+                &md,
+                &t,
+                "maxai.iam.v1.RoleService/UpdateRole",
+                "iam.roles.update",
+                &format!("tenants/{t}/roles/{r}"),
+                serde_json::json!({"update_mask": paths, "permissions": updated.permissions}),
+            )
+            .await;
         Ok(Response::new(pb::UpdateRoleResponse {
             role: Some(custom_to_pb(&updated)),
         }))
@@ -373,6 +399,7 @@ impl RoleService for AccessApi {
         &self,
         request: Request<pb::DeleteRoleRequest>,
     ) -> Result<Response<pb::DeleteRoleResponse>, Status> {
+        let md = request.metadata().clone();
         let pb::DeleteRoleRequest { name, etag } = request.into_inner();
         if name.starts_with("roles/") {
             return Err(Error::new(
@@ -386,6 +413,16 @@ impl RoleService for AccessApi {
             .delete_role(&t, &r, expected_revision(&etag, "etag")?)
             .await?;
         self.policy.changed().await;
+        self.audit
+            .changed(
+                &md,
+                &t,
+                "maxai.iam.v1.RoleService/DeleteRole",
+                "iam.roles.delete",
+                &name,
+                serde_json::json!({}),
+            )
+            .await;
         Ok(Response::new(pb::DeleteRoleResponse {}))
     }
 
@@ -438,6 +475,7 @@ impl RoleService for AccessApi {
         &self,
         request: Request<pb::CreateRoleAssignmentRequest>,
     ) -> Result<Response<pb::CreateRoleAssignmentResponse>, Status> {
+        let md = request.metadata().clone();
         let pb::CreateRoleAssignmentRequest {
             parent,
             role_assignment,
@@ -535,6 +573,7 @@ impl RoleService for AccessApi {
             .await?;
         self.policy.changed().await;
         tracing::info!(assignment = %created.name(), role = %created.role, principal = %created.principal, "role assigned");
+        self.audit.changed(&md, &created.tenant_id, "maxai.iam.v1.RoleService/CreateRoleAssignment", "iam.roleAssignments.create", &created.name(), serde_json::json!({"principal": created.principal, "role": created.role, "scope": created.scope})).await;
         Ok(Response::new(pb::CreateRoleAssignmentResponse {
             role_assignment: Some(assignment_to_pb(&created)),
         }))
@@ -596,6 +635,7 @@ impl RoleService for AccessApi {
         &self,
         request: Request<pb::UpdateRoleAssignmentRequest>,
     ) -> Result<Response<pb::UpdateRoleAssignmentResponse>, Status> {
+        let md = request.metadata().clone();
         let pb::UpdateRoleAssignmentRequest {
             role_assignment,
             update_mask,
@@ -629,6 +669,16 @@ impl RoleService for AccessApi {
             .update_assignment(&next, expected.unwrap_or(current_revision))
             .await?;
         self.policy.changed().await;
+        self.audit
+            .changed(
+                &md,
+                &t,
+                "maxai.iam.v1.RoleService/UpdateRoleAssignment",
+                "iam.roleAssignments.update",
+                &a.name,
+                serde_json::json!({"update_mask": paths}),
+            )
+            .await;
         Ok(Response::new(pb::UpdateRoleAssignmentResponse {
             role_assignment: Some(assignment_to_pb(&updated)),
         }))
@@ -638,6 +688,7 @@ impl RoleService for AccessApi {
         &self,
         request: Request<pb::DeleteRoleAssignmentRequest>,
     ) -> Result<Response<pb::DeleteRoleAssignmentResponse>, Status> {
+        let md = request.metadata().clone();
         let pb::DeleteRoleAssignmentRequest { name, etag } = request.into_inner();
         let (t, id) = Self::assignment_name(&name, "name")?;
         self.store
@@ -645,6 +696,16 @@ impl RoleService for AccessApi {
             .await?;
         self.policy.changed().await;
         tracing::info!(assignment = %name, "role assignment removed");
+        self.audit
+            .changed(
+                &md,
+                &t,
+                "maxai.iam.v1.RoleService/DeleteRoleAssignment",
+                "iam.roleAssignments.delete",
+                &name,
+                serde_json::json!({}),
+            )
+            .await;
         Ok(Response::new(pb::DeleteRoleAssignmentResponse {}))
     }
 }

@@ -14,6 +14,7 @@ use maxai_proto::maxai::iam::v1::{
 use tonic::{Request, Response, Status};
 
 use super::names;
+use crate::audit::AuditLog;
 use crate::{
     convert::{
         client_fields, client_state_from_pb, client_to_pb, tenant_fields, tenant_state_from_pb,
@@ -41,11 +42,12 @@ const CLIENT_PATHS: &[&str] = &[
 
 pub struct TenantsApi {
     store: Arc<dyn TenancyStore>,
+    audit: Arc<AuditLog>,
 }
 
 impl TenantsApi {
-    pub fn new(store: Arc<dyn TenancyStore>) -> Self {
-        TenantsApi { store }
+    pub fn new(store: Arc<dyn TenancyStore>, audit: Arc<AuditLog>) -> Self {
+        TenantsApi { store, audit }
     }
 
     async fn tenant(&self, id: &str) -> Result<Tenant> {
@@ -88,6 +90,7 @@ impl TenantService for TenantsApi {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        let md = request.metadata().clone();
         let pb::CreateTenantRequest {
             tenant,
             tenant_id,
@@ -116,6 +119,16 @@ impl TenantService for TenantsApi {
         };
         let created = self.store.create_tenant(&new, request_id(&rid)?).await?;
         tracing::info!(tenant = %created.id, "tenant created");
+        self.audit
+            .changed(
+                &md,
+                &created.id,
+                "maxai.iam.v1.TenantService/CreateTenant",
+                "iam.tenants.create",
+                &format!("tenants/{}", created.id),
+                serde_json::json!({"display_name": created.display_name}),
+            )
+            .await;
         Ok(Response::new(pb::CreateTenantResponse {
             tenant: Some(tenant_to_pb(&created)),
         }))
@@ -167,6 +180,7 @@ impl TenantService for TenantsApi {
         &self,
         request: Request<pb::UpdateTenantRequest>,
     ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
+        let md = request.metadata().clone();
         let pb::UpdateTenantRequest {
             tenant,
             update_mask,
@@ -200,6 +214,16 @@ impl TenantService for TenantsApi {
             .store
             .update_tenant(&next, expected.unwrap_or(current.revision))
             .await?;
+        self.audit
+            .changed(
+                &md,
+                &id,
+                "maxai.iam.v1.TenantService/UpdateTenant",
+                "iam.tenants.update",
+                &format!("tenants/{id}"),
+                serde_json::json!({"update_mask": paths}),
+            )
+            .await;
         Ok(Response::new(pb::UpdateTenantResponse {
             tenant: Some(tenant_to_pb(&updated)),
         }))
@@ -209,6 +233,7 @@ impl TenantService for TenantsApi {
         &self,
         request: Request<pb::DeleteTenantRequest>,
     ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
+        let md = request.metadata().clone();
         let pb::DeleteTenantRequest { name, etag } = request.into_inner();
         let id = names::tenant(&name, "name")?;
         let expected = expected_revision(&etag, "etag")?;
@@ -224,6 +249,16 @@ impl TenantService for TenantsApi {
             .update_tenant(&gone, expected.unwrap_or(current.revision))
             .await?;
         tracing::info!(tenant = %id, "tenant deleted");
+        self.audit
+            .changed(
+                &md,
+                &id,
+                "maxai.iam.v1.TenantService/DeleteTenant",
+                "iam.tenants.delete",
+                &format!("tenants/{id}"),
+                serde_json::json!({}),
+            )
+            .await;
         Ok(Response::new(pb::DeleteTenantResponse {}))
     }
 }
@@ -234,6 +269,7 @@ impl ClientService for TenantsApi {
         &self,
         request: Request<pb::CreateClientRequest>,
     ) -> Result<Response<pb::CreateClientResponse>, Status> {
+        let md = request.metadata().clone();
         let pb::CreateClientRequest {
             parent,
             client,
@@ -274,6 +310,16 @@ impl ClientService for TenantsApi {
         };
         let created = self.store.create_client(&new, request_id(&rid)?).await?;
         tracing::info!(tenant = %created.tenant_id, client = %created.id, "client created");
+        self.audit
+            .changed(
+                &md,
+                &created.tenant_id,
+                "maxai.iam.v1.ClientService/CreateClient",
+                "iam.clients.create",
+                &format!("tenants/{}/clients/{}", created.tenant_id, created.id),
+                serde_json::json!({"display_name": created.display_name}),
+            )
+            .await;
         Ok(Response::new(pb::CreateClientResponse {
             client: Some(client_to_pb(&created)),
         }))
@@ -329,6 +375,7 @@ impl ClientService for TenantsApi {
         &self,
         request: Request<pb::UpdateClientRequest>,
     ) -> Result<Response<pb::UpdateClientResponse>, Status> {
+        let md = request.metadata().clone();
         let pb::UpdateClientRequest {
             client,
             update_mask,
@@ -356,6 +403,16 @@ impl ClientService for TenantsApi {
             .store
             .update_client(&next, expected.unwrap_or(current.revision))
             .await?;
+        self.audit
+            .changed(
+                &md,
+                &t,
+                "maxai.iam.v1.ClientService/UpdateClient",
+                "iam.clients.update",
+                &format!("tenants/{t}/clients/{c}"),
+                serde_json::json!({"update_mask": paths}),
+            )
+            .await;
         Ok(Response::new(pb::UpdateClientResponse {
             client: Some(client_to_pb(&updated)),
         }))
@@ -365,11 +422,22 @@ impl ClientService for TenantsApi {
         &self,
         request: Request<pb::DeleteClientRequest>,
     ) -> Result<Response<pb::DeleteClientResponse>, Status> {
+        let md = request.metadata().clone();
         let pb::DeleteClientRequest { name, etag } = request.into_inner();
         let (t, c) = names::client(&name, "name")?;
         let expected = expected_revision(&etag, "etag")?;
         self.store.delete_client(&t, &c, expected).await?;
         tracing::info!(tenant = %t, client = %c, "client deleted");
+        self.audit
+            .changed(
+                &md,
+                &t,
+                "maxai.iam.v1.ClientService/DeleteClient",
+                "iam.clients.delete",
+                &format!("tenants/{t}/clients/{c}"),
+                serde_json::json!({}),
+            )
+            .await;
         Ok(Response::new(pb::DeleteClientResponse {}))
     }
 }

@@ -1,8 +1,10 @@
 //! Tenants and clients as the service understands them, validated once when they come in.
 mod access;
+mod audit;
 mod roles;
 
 pub use access::{decide, Assignment, CustomRole, Decision};
+pub use audit::{chain_hash, first_break, AuditEntry, AuditRecord, Outcome, GENESIS_HASH};
 mod tenancy;
 
 pub use roles::{

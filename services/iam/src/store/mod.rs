@@ -1,6 +1,7 @@
 //! Persistence of tenants and clients: one trait, one SQL implementation for PostgreSQL and
 //! SQLite, one conformance suite run against both.
 mod access_sql;
+mod audit_sql;
 #[doc(hidden)]
 pub mod conformance;
 mod sql;
@@ -8,7 +9,9 @@ mod sql;
 use async_trait::async_trait;
 use maxai_kit::Result;
 
-use crate::domain::{Assignment, Client, ClientState, CustomRole, Tenant, TenantState};
+use crate::domain::{
+    Assignment, AuditEntry, AuditRecord, Client, ClientState, CustomRole, Tenant, TenantState,
+};
 
 pub use sql::SqlIamStore;
 
@@ -98,4 +101,55 @@ pub trait AccessStore: Send + Sync + 'static {
     ) -> Result<()>;
     /// Every assignment of a principal, expired ones included (the policy engine decides).
     async fn assignments_of(&self, principal: &str) -> Result<Vec<Assignment>>;
+}
+
+/// Filters of ListAuditEntries.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub start_us: Option<i64>,
+    pub end_us: Option<i64>,
+    /// Entries on this resource or inside it.
+    pub resource: Option<String>,
+    pub outcome: Option<String>,
+    /// Matches the action or the permission.
+    pub action: Option<String>,
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Appends to the tenant's chain (the next sequence, linked to the previous hash).
+    async fn append(
+        &self,
+        tenant_id: &str,
+        occur_at_us: i64,
+        record: &AuditRecord,
+    ) -> Result<AuditEntry>;
+    async fn get_entry(&self, tenant_id: &str, seq: i64) -> Result<Option<AuditEntry>>;
+    /// Newest first: sequences below `before_seq` (all when `None`).
+    async fn list_entries(
+        &self,
+        tenant_id: &str,
+        filter: &AuditFilter,
+        before_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>>;
+    /// Oldest first, sequences in `from..=to`, at most `limit`.
+    async fn chain_range(
+        &self,
+        tenant_id: &str,
+        from: i64,
+        to: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>>;
+    /// The anchor left by the last purge: (last purged sequence, its hash).
+    async fn anchor(&self, tenant_id: &str) -> Result<Option<(i64, String)>>;
+    /// Removes the oldest entries written before `before_us`, keeping the chain's anchor.
+    /// Returns (removed, last removed sequence and hash). `dry_run` only counts.
+    async fn purge(
+        &self,
+        tenant_id: &str,
+        before_us: i64,
+        dry_run: bool,
+    ) -> Result<(i64, Option<(i64, String)>)>;
 }

@@ -396,9 +396,8 @@ impl TenancyStore for SqlIamStore {
         id: &str,
         expected_revision: Option<i64>,
     ) -> Result<()> {
-        let deleted =
-            on_db!(&self.db, |pool| {
-                sqlx::query(
+        let deleted = on_db!(&self.db, |pool| {
+            sqlx::query(
             "DELETE FROM clients WHERE tenant_id = $1 AND id = $2 AND ($3 < 0 OR revision = $3)"
         )
         .bind(tenant_id)
@@ -407,7 +406,7 @@ impl TenancyStore for SqlIamStore {
         .execute(pool)
         .await
         .map(|r| r.rows_affected())
-            })?;
+        })?;
         match (deleted, self.get_client(tenant_id, id).await?) {
             (1, _) => Ok(()),
             (_, Some(_)) => Err(stale(format!("client {id}"))),
