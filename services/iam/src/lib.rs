@@ -1,11 +1,11 @@
 //! Identity and access management.
 //!
-//! Today: tenants (agencies, `tenants/{tenant}`, soft-deleted) and their clients (businesses,
-//! `tenants/{tenant}/clients/{client}`); built-in and custom roles, the permission catalogue
+//! Today: tenants (agencies, `tenants/{tenant}`, soft-deleted), their clients (businesses,
+//! `tenants/{tenant}/clients/{client}`) and users (invited by e-mail); built-in and custom roles, the permission catalogue
 //! (read from the contracts) and role assignments scoped to a tenant or one client; and the
 //! policy engine answering Authorize / BatchAuthorize with a reason, cached and invalidated on
 //! every role or assignment change; and the audit trail: every change above is appended to the
-//! tenant's hash chain, listed, verified and purged by `AuditService`. Users, tokens, SSO and
+//! tenant's hash chain, listed, verified and purged by `AuditService`. Tokens, SSO and
 //! enforcement across the mesh are the rest of the IAM issue and are not served yet.
 //!
 //! | module | job |
@@ -37,17 +37,18 @@ use maxai_proto::maxai::iam::v1::{
     audit_service_server::AuditServiceServer,
     authorization_service_server::AuthorizationServiceServer,
     client_service_server::ClientServiceServer, role_service_server::RoleServiceServer,
-    tenant_service_server::TenantServiceServer,
+    tenant_service_server::TenantServiceServer, user_service_server::UserServiceServer,
 };
 use sqlx::migrate::Migrator;
 
 /// gRPC services this crate serves, for health, reflection and the gateway.
-pub const SERVICE_NAMES: [&str; 5] = [
+pub const SERVICE_NAMES: [&str; 6] = [
     "maxai.iam.v1.TenantService",
     "maxai.iam.v1.ClientService",
     "maxai.iam.v1.RoleService",
     "maxai.iam.v1.AuthorizationService",
     "maxai.iam.v1.AuditService",
+    "maxai.iam.v1.UserService",
 ];
 /// Storage name: PostgreSQL schema `iam`, SQLite file `iam.db`.
 pub const STORAGE_NAME: &str = "iam";
@@ -67,6 +68,7 @@ pub struct Servers {
     pub roles: RoleServiceServer<api::AccessApi>,
     pub authorization: AuthorizationServiceServer<api::AccessApi>,
     pub audit: AuditServiceServer<audit::AuditApi>,
+    pub users: UserServiceServer<api::UsersApi>,
 }
 
 impl Servers {
@@ -77,6 +79,7 @@ impl Servers {
         routes.add_service(self.roles);
         routes.add_service(self.authorization);
         routes.add_service(self.audit);
+        routes.add_service(self.users);
     }
 }
 
@@ -95,6 +98,13 @@ pub async fn start(
         policy::PolicyEngine::start(access.clone(), shared.notifier.clone(), shutdown).await?;
     let audit_store: Arc<dyn store::AuditStore> = sql.clone();
     let audit = Arc::new(audit::AuditLog::new(audit_store.clone()));
+    let users_store: Arc<dyn store::UserStore> = sql.clone();
+    let users_api = Arc::new(api::UsersApi::new(
+        tenancy.clone(),
+        users_store,
+        policy.clone(),
+        audit.clone(),
+    ));
     let access_api = Arc::new(api::AccessApi::new(
         tenancy.clone(),
         access,
@@ -117,6 +127,9 @@ pub async fn start(
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
         audit: AuditServiceServer::from_arc(audit_api)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+        users: UserServiceServer::from_arc(users_api)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
     })

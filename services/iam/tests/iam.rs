@@ -886,3 +886,183 @@ mod audit_trail {
         }
     }
 }
+
+mod people {
+    use super::*;
+    use maxai_proto::maxai::iam::v1::{
+        authorization_service_client::AuthorizationServiceClient,
+        role_service_client::RoleServiceClient, user_service_client::UserServiceClient,
+    };
+
+    #[tokio::test]
+    async fn users_are_invited_listed_suspended_and_deleted_with_their_grants() {
+        for backend in backends().await {
+            let server = serve(&backend).await;
+            let mut tenants = TenantServiceClient::connect(server.url())
+                .await
+                .expect("connect");
+            tenants
+                .create_tenant(pb::CreateTenantRequest {
+                    tenant: Some(tenant("Acme")),
+                    tenant_id: "acme".into(),
+                    request_id: String::new(),
+                })
+                .await
+                .expect("tenant");
+            let mut users = UserServiceClient::connect(server.url())
+                .await
+                .expect("connect");
+            let invite = |email: &str, id: &str| pb::CreateUserRequest {
+                parent: "tenants/acme".into(),
+                user: Some(pb::User {
+                    email: email.into(),
+                    display_name: "Ann".into(),
+                    ..Default::default()
+                }),
+                user_id: id.into(),
+                request_id: String::new(),
+            };
+            let ann = users
+                .create_user(invite("Ann@Acme.example ", "ann"))
+                .await
+                .expect("invite")
+                .into_inner()
+                .user
+                .expect("user");
+            assert_eq!(
+                (ann.email.as_str(), ann.state),
+                ("ann@acme.example", pb::UserState::Invited as i32)
+            );
+            let generated = users
+                .create_user(invite("bob@acme.example", ""))
+                .await
+                .expect("invite")
+                .into_inner()
+                .user
+                .expect("user");
+            assert!(
+                generated.name.starts_with("tenants/acme/users/u"),
+                "{}",
+                generated.name
+            );
+            let dup = users
+                .create_user(invite("ann@acme.example", "ann2"))
+                .await
+                .unwrap_err();
+            assert_eq!(dup.code(), Code::AlreadyExists);
+            let bad = users
+                .create_user(invite("not-an-email", "Bad Id"))
+                .await
+                .unwrap_err();
+            assert_eq!(fields(&bad), ["user.email", "user_id"]);
+            let listed = users
+                .list_users(pb::ListUsersRequest {
+                    parent: "tenants/acme".into(),
+                    email_prefix: "ANN".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list")
+                .into_inner()
+                .users;
+            assert_eq!(
+                listed.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+                ["tenants/acme/users/ann"]
+            );
+
+            let activate = users
+                .update_user(pb::UpdateUserRequest {
+                    user: Some(pb::User {
+                        name: ann.name.clone(),
+                        state: pb::UserState::Active as i32,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["state".into()],
+                    }),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(fields(&activate), ["user.state"]);
+            let suspended = users
+                .update_user(pb::UpdateUserRequest {
+                    user: Some(pb::User {
+                        name: ann.name.clone(),
+                        state: pb::UserState::Suspended as i32,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["state".into()],
+                    }),
+                })
+                .await
+                .expect("suspend")
+                .into_inner()
+                .user
+                .expect("user");
+            assert_eq!(suspended.state, pb::UserState::Suspended as i32);
+
+            // Deleting a user takes their grants with them.
+            let mut roles = RoleServiceClient::connect(server.url())
+                .await
+                .expect("connect");
+            roles
+                .create_role_assignment(pb::CreateRoleAssignmentRequest {
+                    parent: "tenants/acme".into(),
+                    role_assignment: Some(pb::RoleAssignment {
+                        principal: generated.name.clone(),
+                        role: "roles/tenant-member".into(),
+                        scope: "tenants/acme".into(),
+                        ..Default::default()
+                    }),
+                    request_id: String::new(),
+                })
+                .await
+                .expect("assign");
+            let mut authz = AuthorizationServiceClient::connect(server.url())
+                .await
+                .expect("connect");
+            let ask = || pb::AuthorizeRequest {
+                check: Some(pb::AuthorizationCheck {
+                    subject: generated.name.clone(),
+                    permission: "iam.users.list".into(),
+                    resource: "tenants/acme".into(),
+                }),
+            };
+            let before = authz
+                .authorize(ask())
+                .await
+                .expect("authorize")
+                .into_inner()
+                .result
+                .expect("result");
+            assert_eq!(before.decision, pb::Decision::Allow as i32);
+            users
+                .delete_user(pb::DeleteUserRequest {
+                    name: generated.name.clone(),
+                    etag: String::new(),
+                })
+                .await
+                .expect("delete");
+            let after = authz
+                .authorize(ask())
+                .await
+                .expect("authorize")
+                .into_inner()
+                .result
+                .expect("result");
+            assert_eq!(after.decision, pb::Decision::Deny as i32);
+            let left = roles
+                .list_role_assignments(pb::ListRoleAssignmentsRequest {
+                    parent: "tenants/acme".into(),
+                    principal: generated.name.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list")
+                .into_inner();
+            assert!(left.role_assignments.is_empty());
+            eprintln!("users passed on {}", backend.name);
+        }
+    }
+}

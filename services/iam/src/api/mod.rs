@@ -2,6 +2,8 @@
 pub(crate) mod names;
 pub mod roles;
 pub mod tenants;
+pub mod users;
 
 pub use roles::AccessApi;
 pub use tenants::TenantsApi;
+pub use users::UsersApi;

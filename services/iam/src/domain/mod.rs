@@ -6,6 +6,9 @@ mod roles;
 pub use access::{decide, Assignment, CustomRole, Decision};
 pub use audit::{chain_hash, first_break, AuditEntry, AuditRecord, Outcome, GENESIS_HASH};
 mod tenancy;
+mod users;
+
+pub use users::{User, UserState};
 
 pub use roles::{
     built_in, built_in_roles, catalogue, scope_contains, scope_kind, BuiltInRole, PermissionInfo,

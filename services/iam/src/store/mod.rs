@@ -5,12 +5,14 @@ mod audit_sql;
 #[doc(hidden)]
 pub mod conformance;
 mod sql;
+mod users_sql;
 
 use async_trait::async_trait;
 use maxai_kit::Result;
 
 use crate::domain::{
     Assignment, AuditEntry, AuditRecord, Client, ClientState, CustomRole, Tenant, TenantState,
+    User, UserState,
 };
 
 pub use sql::SqlIamStore;
@@ -152,4 +154,27 @@ pub trait AuditStore: Send + Sync + 'static {
         before_us: i64,
         dry_run: bool,
     ) -> Result<(i64, Option<(i64, String)>)>;
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// `AlreadyExists` for a taken id or email in the tenant; `NotFound` without the tenant.
+    async fn create_user(&self, user: &User, request_id: Option<&str>) -> Result<User>;
+    async fn get_user(&self, tenant_id: &str, id: &str) -> Result<Option<User>>;
+    async fn list_users(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+        state: Option<UserState>,
+        email_prefix: &str,
+    ) -> Result<Vec<User>>;
+    async fn update_user(&self, user: &User, expected_revision: i64) -> Result<User>;
+    /// Removes the user and every role assignment naming them, in one transaction.
+    async fn delete_user(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        expected_revision: Option<i64>,
+    ) -> Result<()>;
 }
