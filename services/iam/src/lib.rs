@@ -15,15 +15,18 @@
 //! | [`convert`] | proto ⇄ domain |
 //! | [`policy`] | the policy engine and its decision cache |
 //! | [`audit`] | recording to the audit chain, and `AuditService` |
+//! | [`tokens`] | signing keys (encrypted at rest, rotated), access-token issue and verify |
 //! | [`api`] | the tonic services |
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod audit;
+pub mod config;
 pub mod convert;
 pub mod domain;
 pub mod policy;
 pub mod store;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -133,4 +136,38 @@ pub async fn start(
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
     })
+}
+
+/// Whether storage is the embedded SQLite default (where a local master-key file is allowed),
+/// and the folder its files live in.
+fn embedded_dir(storage: &StorageConfig) -> Option<std::path::PathBuf> {
+    use secrecy::ExposeSecret;
+    let url = storage.database_url.expose_secret();
+    match url.strip_prefix("sqlite://") {
+        Some(dir) if !dir.is_empty() => Some(dir.into()),
+        _ if url.is_empty() || url.starts_with("sqlite://") => Some(storage.data_dir.clone()),
+        _ => None,
+    }
+}
+
+/// The platform's signing keys (for `maxai token` and, with enforcement, every service).
+pub async fn key_ring(
+    storage: &StorageConfig,
+    config: &config::IamConfig,
+) -> anyhow::Result<tokens::KeyRing> {
+    let db = storage::connect(storage, STORAGE_NAME, &MIGRATIONS).await?;
+    let dir = embedded_dir(storage);
+    let master = tokens::MasterKey::from_config(
+        &config.master_key,
+        dir.as_deref().unwrap_or(std::path::Path::new(".")),
+        dir.is_some(),
+    )?;
+    let ttl = std::time::Duration::from_secs(config.access_token_ttl_secs.max(1));
+    // Keep the cause: "does not open with this master key" is what an operator needs to read.
+    tokens::KeyRing::open(db, master, config.issuer.clone(), ttl)
+        .await
+        .map_err(|e| match e.source {
+            Some(cause) => cause.context("opening the signing keys"),
+            None => anyhow::anyhow!("opening the signing keys: {}", e.message),
+        })
 }

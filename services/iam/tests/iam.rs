@@ -1066,3 +1066,148 @@ mod people {
         }
     }
 }
+
+mod access_tokens {
+    use std::time::Duration;
+
+    use maxai_iam::{config::IamConfig, key_ring, tokens::AccessClaims};
+    use maxai_kit::{on_db, ErrorKind};
+    use secrecy::SecretString;
+
+    use super::*;
+
+    fn config(master_key: &str) -> IamConfig {
+        IamConfig {
+            master_key: SecretString::from(master_key.to_owned()),
+            issuer: "maxai".into(),
+            access_token_ttl_secs: 900,
+        }
+    }
+
+    const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // base64 of 32 bytes
+
+    #[tokio::test]
+    async fn tokens_verify_rotate_and_refuse_forgeries() {
+        for backend in backends().await {
+            if backend.name == "postgres" {
+                let err = key_ring(&backend.storage, &config(""))
+                    .await
+                    .err()
+                    .expect("refused");
+                assert!(
+                    err.to_string().contains("iam.master_key is required"),
+                    "{err}"
+                );
+            }
+            let ring = key_ring(&backend.storage, &config(KEY))
+                .await
+                .expect("key ring");
+            let (token, claims) = ring
+                .issue("tenants/acme/users/ann", "acme", None)
+                .expect("issue");
+            assert_eq!(ring.verify(&token).expect("verify"), claims);
+            assert_eq!(claims.exp - claims.iat, 900);
+
+            // Forgeries and misfits.
+            let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+            parts[1] = parts[1].replacen('e', "f", 1);
+            assert_eq!(
+                ring.verify(&parts.join(".")).unwrap_err().kind,
+                ErrorKind::Unauthenticated,
+                "tampered payload"
+            );
+            let sign = |f: &dyn Fn(&mut AccessClaims)| {
+                let mut c = claims.clone();
+                f(&mut c);
+                ring.sign(&c).expect("sign")
+            };
+            assert!(
+                ring.verify(&sign(&|c| c.exp = c.iat - 120)).is_err(),
+                "expired"
+            );
+            assert!(
+                ring.verify(&sign(&|c| c.iss = "someone-else".into()))
+                    .is_err(),
+                "wrong issuer"
+            );
+            assert!(
+                ring.verify(&sign(&|c| c.aud = "other-api".into())).is_err(),
+                "wrong audience"
+            );
+            let stranger = key_ring(&maxai_testkit::sqlite().storage, &config(""))
+                .await
+                .expect("other ring");
+            let (foreign, _) = stranger
+                .issue("tenants/acme/users/ann", "acme", None)
+                .expect("issue");
+            assert!(ring.verify(&foreign).is_err(), "unknown kid");
+
+            // Rotation: the previous key verifies through its window, then not at all.
+            let old_kid = ring
+                .published()
+                .into_iter()
+                .find(|k| k.retire_at_us.is_none())
+                .expect("active")
+                .kid;
+            ring.rotate(Duration::from_secs(3600))
+                .await
+                .expect("rotate");
+            assert!(
+                ring.verify(&token).is_ok(),
+                "previous key still in its overlap window"
+            );
+            assert_eq!(ring.published().len(), 2);
+            let (fresh, _) = ring
+                .issue("tenants/acme/users/ann", "acme", None)
+                .expect("issue");
+            assert!(ring.verify(&fresh).is_ok());
+            ring.rotate(Duration::ZERO).await.expect("rotate");
+            ring.rotate(Duration::ZERO).await.expect("rotate");
+            assert!(
+                ring.verify(&token).is_err(),
+                "a retired key no longer verifies"
+            );
+            assert!(!ring.published().iter().any(|k| k.kid == old_kid));
+
+            // The private half is stored sealed: nonce + ciphertext + tag, never the 32-byte seed.
+            let db = storage::connect(&backend.storage, STORAGE_NAME, &MIGRATIONS)
+                .await
+                .expect("connect");
+            let sealed: Vec<String> = on_db!(&db, |pool| sqlx::query_scalar(
+                "SELECT private_key FROM signing_keys WHERE state = 'active'"
+            )
+            .fetch_all(pool)
+            .await)
+            .expect("read");
+            assert_eq!(sealed.len(), 1);
+            assert_eq!(base64_len(&sealed[0]), 12 + 32 + 16);
+            let retired: Vec<String> = on_db!(&db, |pool| sqlx::query_scalar(
+                "SELECT private_key FROM signing_keys WHERE state = 'retired'"
+            )
+            .fetch_all(pool)
+            .await)
+            .expect("read");
+            assert!(
+                !retired.is_empty() && retired.iter().all(String::is_empty),
+                "retired keys lose their private half"
+            );
+            // A wrong master key cannot open the keys.
+            let wrong = key_ring(
+                &backend.storage,
+                &config("MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE="),
+            )
+            .await;
+            let err = wrong.err().expect("opened with another master key");
+            assert!(
+                format!("{err:#}").contains("does not open with this master key"),
+                "{err:#}"
+            );
+            eprintln!("tokens passed on {}", backend.name);
+        }
+    }
+
+    fn base64_len(s: &str) -> usize {
+        let pad = s.chars().rev().take_while(|c| *c == '=').count();
+        s.len() / 4 * 3 - pad
+    }
+}

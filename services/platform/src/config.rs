@@ -4,6 +4,7 @@ use std::path::Path;
 
 use maxai_feature_flags::FlagsConfig;
 use maxai_gateway::GatewayConfig;
+use maxai_iam::config::IamConfig;
 use maxai_kit::config::{load, ConfigError, ServerConfig, StorageConfig, TelemetryConfig};
 use serde::Deserialize;
 
@@ -17,6 +18,7 @@ pub struct PlatformConfig {
     pub telemetry: TelemetryConfig,
     pub gateway: GatewayConfig,
     pub flags: FlagsConfig,
+    pub iam: IamConfig,
 }
 
 impl PlatformConfig {
@@ -49,6 +51,9 @@ impl PlatformConfig {
         }
         if self.storage.max_connections == 0 {
             return invalid("storage.max_connections", "must be at least 1");
+        }
+        if self.iam.access_token_ttl_secs == 0 || self.iam.access_token_ttl_secs > 24 * 3600 {
+            return invalid("iam.access_token_ttl_secs", "must be 1..=86400");
         }
         if maxai_feature_flags::domain::EnvName::parse(&self.flags.default_environment).is_err() {
             return invalid(

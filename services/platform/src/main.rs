@@ -32,6 +32,16 @@ enum Command {
     },
     /// Apply the database migrations of every service (or the named ones) and exit.
     Migrate { components: Vec<String> },
+    /// Mint an access token from the local key store, e.g. for the bootstrap platform admin:
+    /// `maxai token --subject tenants/platform/users/admin`.
+    Token {
+        /// The principal: tenants/{tenant}/users/{user} or tenants/{tenant}/serviceAccounts/{account}.
+        #[arg(long)]
+        subject: String,
+        /// Lifetime in seconds (default: iam.access_token_ttl_secs).
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+    },
 }
 
 fn parse_components(names: &[String]) -> anyhow::Result<Vec<Component>> {
@@ -72,6 +82,25 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
                 }
             })
             .await
+        }
+        Command::Token { subject, ttl_secs } => {
+            let parts: Vec<&str> = subject.split('/').collect();
+            let tenant = match parts.as_slice() {
+                ["tenants", t, "users" | "serviceAccounts", id] if !t.is_empty() && !id.is_empty() => t.to_string(),
+                _ => anyhow::bail!("--subject must be tenants/{{tenant}}/users/{{user}} or tenants/{{tenant}}/serviceAccounts/{{account}}"),
+            };
+            let ring = maxai_iam::key_ring(&config.storage, &config.iam).await?;
+            let (token, claims) = ring.issue(
+                &subject,
+                &tenant,
+                ttl_secs.map(std::time::Duration::from_secs),
+            )?;
+            eprintln!(
+                "access token for {} (tenant {}), expires at unix {}",
+                claims.sub, claims.tid, claims.exp
+            );
+            println!("{token}");
+            Ok(())
         }
         Command::Migrate { components } => {
             let components = parse_components(&components)?;

@@ -123,6 +123,39 @@ fn migrate_applies_every_service_on_sqlite() {
     assert!(dir.path().join("flags.db").exists() && dir.path().join("iam.db").exists());
 }
 
+#[test]
+fn token_mints_a_jwt_from_the_local_key_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().to_str().expect("path");
+    let out = maxai(
+        &[
+            "token",
+            "--subject",
+            "tenants/platform/users/admin",
+            "--ttl-secs",
+            "60",
+        ],
+        &[("MAXAI_STORAGE__DATA_DIR", data)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    assert!(
+        dir.path().join("iam-master.key").exists(),
+        "the embedded key store made its master key"
+    );
+    let out = maxai(
+        &["token", "--subject", "users/admin"],
+        &[("MAXAI_STORAGE__DATA_DIR", data)],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--subject must be"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
