@@ -7,7 +7,8 @@ use crate::config::{LogFormat, TelemetryConfig};
 /// gRPC metadata / HTTP header carrying the correlation id.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
-/// Installs the global subscriber once; later calls (tests) are ignored.
+/// Installs the global subscriber once; later calls (tests) are ignored. Logs go to stderr, so
+/// stdout carries only what a command prints for its caller (e.g. a minted token).
 pub fn init(cfg: &TelemetryConfig) {
     let filter = EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
@@ -21,7 +22,9 @@ pub fn init(cfg: &TelemetryConfig) {
                     .with_span_list(false),
             )
             .try_init(),
-        LogFormat::Pretty => registry.with(fmt::layer().compact()).try_init(),
+        LogFormat::Pretty => registry
+            .with(fmt::layer().compact().with_writer(std::io::stderr))
+            .try_init(),
     };
 }
 
