@@ -19,7 +19,8 @@ pub fn init(cfg: &TelemetryConfig) {
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
             )
             .try_init(),
         LogFormat::Pretty => registry
