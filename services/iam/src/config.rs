@@ -13,4 +13,7 @@ pub struct IamConfig {
     pub issuer: String,
     /// Lifetime of access tokens, in seconds.
     pub access_token_ttl_secs: u64,
+    /// Make sure the platform operator exists on start: tenant `platform`, user `admin`, and
+    /// `roles/platform-admin` on the whole platform (`maxai token` then mints its token).
+    pub bootstrap_admin: bool,
 }

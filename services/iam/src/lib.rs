@@ -86,15 +86,88 @@ impl Servers {
     }
 }
 
+/// The operator's tenant and the bootstrap platform admin.
+pub const PLATFORM_TENANT: &str = "platform";
+pub const BOOTSTRAP_ADMIN: &str = "tenants/platform/users/admin";
+
+/// Makes sure the platform operator exists (idempotent, safe on every start of every replica).
+pub async fn bootstrap_platform_admin(sql: &store::SqlIamStore) -> anyhow::Result<()> {
+    use store::{AccessStore, AssignmentFilter, TenancyStore, UserStore};
+    if sql.get_tenant(PLATFORM_TENANT).await?.is_none() {
+        let t = domain::Tenant {
+            id: PLATFORM_TENANT.into(),
+            display_name: "Platform operator".into(),
+            state: domain::TenantState::Active,
+            contact_email: "operator@maxai.local".into(),
+            rate_limits: domain::RateLimits::default(),
+            audit_retention_secs: domain::DEFAULT_AUDIT_RETENTION_SECS,
+            labels: Default::default(),
+            revision: 0,
+            created_at_us: 0,
+            updated_at_us: 0,
+            deleted_at_us: None,
+        };
+        sql.create_tenant(&t, Some("bootstrap-tenant")).await?;
+    }
+    if sql.get_user(PLATFORM_TENANT, "admin").await?.is_none() {
+        let user = domain::User {
+            tenant_id: PLATFORM_TENANT.into(),
+            id: "admin".into(),
+            email: "admin@maxai.local".into(),
+            display_name: "Platform admin".into(),
+            state: domain::UserState::Active,
+            google_subject: String::new(),
+            hosted_domain: String::new(),
+            picture_uri: String::new(),
+            last_sign_in_at_us: None,
+            revision: 0,
+            created_at_us: 0,
+            updated_at_us: 0,
+        };
+        sql.create_user(&user, Some("bootstrap-admin")).await?;
+    }
+    let filter = AssignmentFilter {
+        principal: Some(BOOTSTRAP_ADMIN.into()),
+        role: Some("roles/platform-admin".into()),
+        scope: Some(String::new()),
+        active_at_us: None,
+    };
+    if sql
+        .list_assignments(PLATFORM_TENANT, &filter, None, 1)
+        .await?
+        .is_empty()
+    {
+        let a = domain::Assignment {
+            tenant_id: PLATFORM_TENANT.into(),
+            id: "bootstrap-admin".into(),
+            principal: BOOTSTRAP_ADMIN.into(),
+            role: "roles/platform-admin".into(),
+            scope: String::new(),
+            description: "made by maxai on first start".into(),
+            expire_at_us: None,
+            creator: "system".into(),
+            revision: 0,
+            created_at_us: 0,
+            updated_at_us: 0,
+        };
+        sql.create_assignment(&a, Some("bootstrap-admin")).await?;
+    }
+    Ok(())
+}
+
 /// Opens storage (running migrations) and returns the gRPC servers.
 pub async fn start(
     storage_config: &StorageConfig,
+    config: &config::IamConfig,
     shared: &SharedState,
     max_message_bytes: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Servers> {
     let db = storage::connect(storage_config, STORAGE_NAME, &MIGRATIONS).await?;
     let sql = Arc::new(store::SqlIamStore::new(db));
+    if config.bootstrap_admin {
+        bootstrap_platform_admin(&sql).await?;
+    }
     let tenancy: Arc<dyn store::TenancyStore> = sql.clone();
     let access: Arc<dyn store::AccessStore> = sql.clone();
     let policy =

@@ -20,6 +20,7 @@ async fn serve(backend: &Backend) -> Running {
         .expect("shared");
     let servers = start(
         &backend.storage,
+        &test_config(),
         &shared,
         4 << 20,
         maxai_kit::CancellationToken::new(),
@@ -33,6 +34,15 @@ async fn serve(backend: &Backend) -> Running {
         service_names: SERVICE_NAMES.map(String::from).to_vec(),
     })
     .await
+}
+
+fn test_config() -> maxai_iam::config::IamConfig {
+    maxai_iam::config::IamConfig {
+        master_key: secrecy::SecretString::from(String::new()),
+        issuer: "maxai".into(),
+        access_token_ttl_secs: 900,
+        bootstrap_admin: false,
+    }
 }
 
 fn fields(status: &tonic::Status) -> Vec<String> {
@@ -1081,6 +1091,7 @@ mod access_tokens {
             master_key: SecretString::from(master_key.to_owned()),
             issuer: "maxai".into(),
             access_token_ttl_secs: 900,
+            bootstrap_admin: false,
         }
     }
 

@@ -139,6 +139,7 @@ pub async fn run(
     if components.contains(&Component::Iam) {
         maxai_iam::start(
             &config.storage,
+            &config.iam,
             &shared,
             config.server.max_message_bytes,
             shutdown.clone(),
