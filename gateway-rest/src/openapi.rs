@@ -15,6 +15,7 @@ pub async fn handler(State(gw): State<Arc<Gateway>>) -> Json<Value> {
 pub fn document(routes: &[Route]) -> Value {
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut schemas: BTreeMap<String, Value> = BTreeMap::new();
+    let mut operation_ids: BTreeMap<String, usize> = BTreeMap::new();
     for route in routes {
         let (path, path_params) = route.template.openapi_path();
         let input = route.method.input();
@@ -38,7 +39,17 @@ pub fn document(routes: &[Route]) -> Value {
             }
         }
         let mut op = Map::new();
-        op.insert("operationId".into(), json!(route.method.full_name()));
+        // operationId must be unique: additional bindings of one RPC get a numbered suffix.
+        let seen = operation_ids
+            .entry(route.method.full_name().to_owned())
+            .or_insert(0usize);
+        let id = if *seen == 0 {
+            route.method.full_name().to_owned()
+        } else {
+            format!("{}_{}", route.method.full_name(), seen)
+        };
+        *seen += 1;
+        op.insert("operationId".into(), json!(id));
         op.insert(
             "tags".into(),
             json!([route.method.parent_service().full_name()]),

@@ -236,59 +236,7 @@ async fn correlation_ids_are_echoed_or_generated() {
 #[tokio::test]
 async fn every_annotated_rpc_is_reachable_and_documented() {
     let s = stack().await;
-    let (_, _, doc) = s.send(Method::GET, "/openapi.json", None).await;
-    assert_eq!(doc["openapi"], "3.1.0");
-    let mut operations = Vec::new();
-    for (path, item) in doc["paths"].as_object().expect("paths") {
-        for (verb, op) in item.as_object().expect("path item") {
-            operations.push((
-                path.clone(),
-                verb.clone(),
-                op["operationId"].as_str().expect("operationId").to_owned(),
-            ));
-        }
-    }
-    let service = maxai_kit::descriptors::pool()
-        .get_service_by_name(SERVICE_NAME)
-        .expect("service");
-    let mut checked = 0;
-    for method in service.methods() {
-        if maxai_kit::descriptors::http_rule(&method).is_none() {
-            continue;
-        }
-        let (path, verb, _) = operations
-            .iter()
-            .find(|(_, _, id)| id == method.full_name())
-            .unwrap_or_else(|| panic!("{} missing from /openapi.json", method.full_name()));
-        // Fill each path parameter with a sample value.
-        let mut concrete = String::new();
-        let mut rest = path.as_str();
-        while let Some(open) = rest.find('{') {
-            let close = rest[open..].find('}').expect("closing brace") + open;
-            concrete.push_str(&rest[..open]);
-            concrete.push_str("sample");
-            rest = &rest[close + 1..];
-        }
-        concrete.push_str(rest);
-        let body = (verb != "get" && verb != "delete").then_some("{}");
-        let m = Method::from_bytes(verb.to_uppercase().as_bytes()).expect("verb");
-        let (status, _, reply) = s.send(m, &concrete, body).await;
-        let code = reply["code"].as_str().unwrap_or("");
-        assert!(
-            !matches!(
-                code,
-                "ROUTE_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "INVALID_JSON"
-            ),
-            "{} via {verb} {concrete} did not reach the service: {status} {reply}",
-            method.full_name()
-        );
-        checked += 1;
-    }
-    assert_eq!(
-        checked,
-        service.methods().count(),
-        "every flags RPC is annotated"
-    );
+    maxai_testkit::assert_every_rpc_reachable(&s.rest, &[SERVICE_NAME]).await;
 }
 
 #[tokio::test]

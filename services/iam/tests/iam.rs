@@ -291,34 +291,7 @@ async fn tenancy_over_rest() {
         .expect("send");
     assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
 
-    let doc: Value = http
-        .get(url("/openapi.json"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
-    let ids: Vec<String> = doc["paths"]
-        .as_object()
-        .expect("paths")
-        .values()
-        .flat_map(|item| {
-            item.as_object().into_iter().flat_map(|o| {
-                o.values()
-                    .map(|op| op["operationId"].as_str().unwrap_or("").to_owned())
-            })
-        })
-        .collect();
-    for service in SERVICE_NAMES {
-        for method in maxai_kit::descriptors::methods(service) {
-            assert!(
-                ids.iter().any(|id| id == method.full_name()),
-                "{} missing from OpenAPI",
-                method.full_name()
-            );
-        }
-    }
+    maxai_testkit::assert_every_rpc_reachable(&rest, &SERVICE_NAMES).await;
 }
 
 mod access {

@@ -176,3 +176,76 @@ pub async fn serve_gateway(grpc: &Running, services: Vec<String>) -> Running {
     });
     Running { addr, shutdown }
 }
+
+/// Asserts that every RPC of `services` with a `google.api.http` rule (every binding of it) is in
+/// the gateway's OpenAPI document and answers over REST from the service itself: the router
+/// neither misses the path nor refuses the method.
+pub async fn assert_every_rpc_reachable(rest: &Running, services: &[&str]) {
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value = http
+        .get(format!("{}/openapi.json", rest.url()))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("openapi json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (verb, op) in item.as_object().expect("path item") {
+            operations.push((
+                path.clone(),
+                verb.clone(),
+                op["operationId"].as_str().expect("operationId").to_owned(),
+            ));
+        }
+    }
+    for service in services {
+        let methods = maxai_kit::descriptors::methods(service);
+        assert!(!methods.is_empty(), "{service} is not in the contracts");
+        for method in methods {
+            if maxai_kit::descriptors::http_rule(&method).is_none() {
+                continue;
+            }
+            let name = method.full_name();
+            let ops: Vec<_> = operations
+                .iter()
+                .filter(|(_, _, id)| id == name || id.starts_with(&format!("{name}_")))
+                .collect();
+            assert!(!ops.is_empty(), "{name} missing from /openapi.json");
+            for (path, verb, _) in ops {
+                // Each path parameter gets a sample value.
+                let mut concrete = String::new();
+                let mut rest_of = path.as_str();
+                while let Some(open) = rest_of.find('{') {
+                    let close = rest_of[open..].find('}').expect("closing brace") + open;
+                    concrete.push_str(&rest_of[..open]);
+                    concrete.push_str("sample");
+                    rest_of = &rest_of[close + 1..];
+                }
+                concrete.push_str(rest_of);
+                let method_http =
+                    reqwest::Method::from_bytes(verb.to_uppercase().as_bytes()).expect("verb");
+                let mut req = http.request(method_http, format!("{}{concrete}", rest.url()));
+                if verb != "get" && verb != "delete" {
+                    req = req.header("content-type", "application/json").body("{}");
+                }
+                let resp = req.send().await.expect("send");
+                let status = resp.status();
+                let reply: serde_json::Value = resp.json().await.unwrap_or_default();
+                let code = reply["code"].as_str().unwrap_or("");
+                assert!(
+                    !matches!(
+                        code,
+                        "ROUTE_NOT_FOUND"
+                            | "METHOD_NOT_ALLOWED"
+                            | "INVALID_JSON"
+                            | "UNSUPPORTED_MEDIA_TYPE"
+                    ),
+                    "{name} via {verb} {concrete} did not reach the service: {status} {reply}"
+                );
+            }
+        }
+    }
+}
