@@ -63,22 +63,34 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Deadline for one upstream call, in milliseconds.
     pub timeout_ms: u64,
-    /// gRPC connections to the upstream; 2-4 carry more than one under load.
+    /// gRPC connections to each upstream; 2-4 carry more than one under load.
     pub upstream_connections: usize,
+    /// Services served elsewhere than `upstream`: a package or service name prefix (e.g.
+    /// `maxai.iam.v1`) to an `http://host:port` address; the longest matching prefix wins.
+    #[serde(default)]
+    pub upstreams: std::collections::BTreeMap<String, String>,
+}
+
+/// Connections to one gRPC address.
+struct Upstream {
+    clients: Vec<DynamicClient>,
+    health: Channel,
 }
 
 /// Everything a request handler needs.
 pub struct Gateway {
     routes: Vec<Route>,
-    clients: Vec<DynamicClient>,
+    upstreams: Vec<Upstream>,
+    /// Service full name → index into `upstreams`.
+    service_upstream: std::collections::HashMap<String, usize>,
     next: AtomicUsize,
     config: GatewayConfig,
     services: Vec<String>,
-    health: Channel,
 }
 
 impl Gateway {
-    /// Routes for `services` (full names) over connections to `upstream` (`http://host:port`).
+    /// Routes for `services` (full names) over connections to `upstream` (`http://host:port`),
+    /// or to the address `config.upstreams` names for a service.
     pub fn new(
         config: GatewayConfig,
         upstream: &str,
@@ -86,20 +98,48 @@ impl Gateway {
         max_message_bytes: usize,
     ) -> anyhow::Result<Arc<Self>> {
         let routes = routes::build(&services)?;
-        let endpoint = Channel::from_shared(upstream.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_adaptive_window(true);
-        let clients = (0..config.upstream_connections.max(1))
-            .map(|_| DynamicClient::new(endpoint.connect_lazy(), max_message_bytes))
-            .collect();
+        let connect = |url: &str| -> anyhow::Result<Upstream> {
+            let endpoint = Channel::from_shared(url.to_owned())?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .http2_adaptive_window(true);
+            let clients = (0..config.upstream_connections.max(1))
+                .map(|_| DynamicClient::new(endpoint.connect_lazy(), max_message_bytes))
+                .collect();
+            Ok(Upstream {
+                clients,
+                health: endpoint.connect_lazy(),
+            })
+        };
+        let mut urls = vec![upstream.to_owned()];
+        let mut upstreams = vec![connect(upstream)?];
+        let mut service_upstream = std::collections::HashMap::new();
+        for service in &services {
+            let chosen = config
+                .upstreams
+                .iter()
+                .filter(|(prefix, _)| service.starts_with(prefix.as_str()))
+                .max_by_key(|(prefix, _)| prefix.len());
+            let index = match chosen {
+                None => 0,
+                Some((_, url)) => match urls.iter().position(|u| u == url) {
+                    Some(i) => i,
+                    None => {
+                        upstreams.push(connect(url)?);
+                        urls.push(url.clone());
+                        urls.len() - 1
+                    }
+                },
+            };
+            service_upstream.insert(service.clone(), index);
+        }
         Ok(Arc::new(Gateway {
             routes,
-            clients,
+            upstreams,
+            service_upstream,
             next: AtomicUsize::new(0),
             config,
             services,
-            health: endpoint.connect_lazy(),
         }))
     }
 
@@ -107,9 +147,18 @@ impl Gateway {
         &self.routes
     }
 
-    fn client(&self) -> &DynamicClient {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        &self.clients[i]
+    fn upstream(&self, service: &str) -> &Upstream {
+        &self.upstreams[self.service_upstream.get(service).copied().unwrap_or(0)]
+    }
+
+    fn client(&self, service: &str) -> &DynamicClient {
+        let clients = &self.upstream(service).clients;
+        &clients[self.next.fetch_add(1, Ordering::Relaxed) % clients.len()]
+    }
+
+    /// A channel to the upstream serving `service`.
+    pub(crate) fn channel(&self, service: &str) -> Channel {
+        self.upstream(service).health.clone()
     }
 
     /// Forwards the caller's identity and correlation to a gRPC request.
@@ -307,7 +356,7 @@ async fn transcoded_inner(gw: &Gateway, req: Request) -> Result<Response, Proble
     let mut grpc_req = tonic::Request::new(message);
     gw.metadata(&mut grpc_req, &parts.headers, &id);
     let reply = gw
-        .client()
+        .client(route.method.parent_service().full_name())
         .unary(&route.method, grpc_req)
         .await
         .map_err(|s| Problem::from_status(&s))?;
@@ -317,9 +366,10 @@ async fn transcoded_inner(gw: &Gateway, req: Request) -> Result<Response, Proble
     Ok(resp)
 }
 
-async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    let mut client = tonic_health::pb::health_client::HealthClient::new(gw.health.clone());
+async fn readyz(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let id = correlation(&req);
     for service in &gw.services {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(gw.channel(service));
         let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
             service: service.clone(),
         });
@@ -334,6 +384,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
                 "NOT_READY",
                 format!("{service} is not serving"),
             )
+            .correlated(&id)
             .into_response();
         }
     }

@@ -116,7 +116,7 @@ async fn evaluate(
         keys,
     });
     gw.metadata(&mut grpc, &parts.headers, &id);
-    let channel = gw.health.clone();
+    let channel = gw.channel("maxai.flags.v1.FeatureFlagsService");
     let reply = FeatureFlagsServiceClient::new(channel)
         .batch_evaluate_flags(grpc)
         .await

@@ -12,7 +12,8 @@ struct Stack {
     http: Client,
 }
 
-async fn stack() -> Stack {
+/// The flags service on SQLite, served over gRPC on a fresh port.
+async fn flags_grpc() -> (Backend, Running) {
     let backend = sqlite();
     let server = start(
         &FlagsConfig::default(),
@@ -30,6 +31,11 @@ async fn stack() -> Stack {
         service_names: vec![SERVICE_NAME.into()],
     })
     .await;
+    (backend, grpc)
+}
+
+async fn stack() -> Stack {
+    let (backend, grpc) = flags_grpc().await;
     let rest = serve_gateway(&grpc, vec![SERVICE_NAME.into()]).await;
     Stack {
         _backend: backend,
@@ -327,23 +333,7 @@ async fn health_and_readiness() {
 
 #[tokio::test]
 async fn readiness_fails_when_the_upstream_is_gone() {
-    let backend = sqlite();
-    let server = start(
-        &FlagsConfig::default(),
-        &backend.storage,
-        &SharedState::memory(),
-        4 << 20,
-        CancellationToken::new(),
-    )
-    .await
-    .expect("flags");
-    let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(server);
-    let grpc = serve_grpc(GrpcApp {
-        routes: routes.routes(),
-        service_names: vec![SERVICE_NAME.into()],
-    })
-    .await;
+    let (_backend, grpc) = flags_grpc().await;
     let rest = serve_gateway(&grpc, vec![SERVICE_NAME.into()]).await;
     drop(grpc);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -361,4 +351,28 @@ async fn readiness_fails_when_the_upstream_is_gone() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = resp.json().await.expect("problem");
     assert_eq!(body["code"], "UNAVAILABLE");
+}
+
+/// A service served elsewhere is reached at the address `upstreams` names for it.
+#[tokio::test]
+async fn per_service_upstreams() {
+    let (_backend, grpc) = flags_grpc().await;
+    let mut config = maxai_testkit::gateway_config();
+    config.upstreams.insert("maxai.flags.v1".into(), grpc.url());
+    // The default upstream is nowhere: only the mapping can make this work.
+    let rest =
+        maxai_testkit::serve_gateway_with(config, "http://127.0.0.1:9", vec![SERVICE_NAME.into()])
+            .await;
+    let resp = Client::new()
+        .get(format!("{}/v1/flags", rest.url()))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = Client::new()
+        .get(format!("{}/readyz", rest.url()))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
 }

@@ -160,13 +160,22 @@ pub fn gateway_config() -> maxai_gateway::GatewayConfig {
         max_body_bytes: 64 * 1024,
         timeout_ms: 10_000,
         upstream_connections: 1,
+        upstreams: Default::default(),
     }
 }
 
 /// The REST gateway for `services` in front of the gRPC server at `grpc`.
 pub async fn serve_gateway(grpc: &Running, services: Vec<String>) -> Running {
-    let gw = maxai_gateway::Gateway::new(gateway_config(), &grpc.url(), services, 4 * 1024 * 1024)
-        .expect("gateway");
+    serve_gateway_with(gateway_config(), &grpc.url(), services).await
+}
+
+/// The REST gateway with its own settings (e.g. per-service upstreams), default upstream `url`.
+pub async fn serve_gateway_with(
+    config: maxai_gateway::GatewayConfig,
+    url: &str,
+    services: Vec<String>,
+) -> Running {
+    let gw = maxai_gateway::Gateway::new(config, url, services, 4 * 1024 * 1024).expect("gateway");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
