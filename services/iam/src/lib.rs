@@ -40,18 +40,20 @@ use maxai_proto::maxai::iam::v1::{
     audit_service_server::AuditServiceServer,
     authorization_service_server::AuthorizationServiceServer,
     client_service_server::ClientServiceServer, role_service_server::RoleServiceServer,
+    service_account_service_server::ServiceAccountServiceServer,
     tenant_service_server::TenantServiceServer, user_service_server::UserServiceServer,
 };
 use sqlx::migrate::Migrator;
 
 /// gRPC services this crate serves, for health, reflection and the gateway.
-pub const SERVICE_NAMES: [&str; 6] = [
+pub const SERVICE_NAMES: [&str; 7] = [
     "maxai.iam.v1.TenantService",
     "maxai.iam.v1.ClientService",
     "maxai.iam.v1.RoleService",
     "maxai.iam.v1.AuthorizationService",
     "maxai.iam.v1.AuditService",
     "maxai.iam.v1.UserService",
+    "maxai.iam.v1.ServiceAccountService",
 ];
 /// Storage name: PostgreSQL schema `iam`, SQLite file `iam.db`.
 pub const STORAGE_NAME: &str = "iam";
@@ -72,6 +74,7 @@ pub struct Servers {
     pub authorization: AuthorizationServiceServer<api::AccessApi>,
     pub audit: AuditServiceServer<audit::AuditApi>,
     pub users: UserServiceServer<api::UsersApi>,
+    pub accounts: ServiceAccountServiceServer<api::AccountsApi>,
 }
 
 impl Servers {
@@ -83,6 +86,7 @@ impl Servers {
         routes.add_service(self.authorization);
         routes.add_service(self.audit);
         routes.add_service(self.users);
+        routes.add_service(self.accounts);
     }
 }
 
@@ -174,6 +178,13 @@ pub async fn start(
         policy::PolicyEngine::start(access.clone(), shared.notifier.clone(), shutdown).await?;
     let audit_store: Arc<dyn store::AuditStore> = sql.clone();
     let audit = Arc::new(audit::AuditLog::new(audit_store.clone()));
+    let accounts_store: Arc<dyn store::AccountStore> = sql.clone();
+    let accounts_api = Arc::new(api::AccountsApi::new(
+        tenancy.clone(),
+        accounts_store,
+        policy.clone(),
+        audit.clone(),
+    ));
     let users_store: Arc<dyn store::UserStore> = sql.clone();
     let users_api = Arc::new(api::UsersApi::new(
         tenancy.clone(),
@@ -206,6 +217,9 @@ pub async fn start(
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
         users: UserServiceServer::from_arc(users_api)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+        accounts: ServiceAccountServiceServer::from_arc(accounts_api)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
     })

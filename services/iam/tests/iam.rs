@@ -1195,3 +1195,143 @@ mod access_tokens {
         s.len() / 4 * 3 - pad
     }
 }
+
+mod machines {
+    use super::*;
+    use maxai_iam::{domain::secret_hash, store::AccountStore};
+    use maxai_kit::on_db;
+    use maxai_proto::maxai::iam::v1::service_account_service_client::ServiceAccountServiceClient;
+
+    #[tokio::test]
+    async fn service_accounts_and_api_keys() {
+        for backend in backends().await {
+            let server = serve(&backend).await;
+            let mut tenants = TenantServiceClient::connect(server.url())
+                .await
+                .expect("connect");
+            tenants
+                .create_tenant(pb::CreateTenantRequest {
+                    tenant: Some(tenant("Acme")),
+                    tenant_id: "acme".into(),
+                    request_id: String::new(),
+                })
+                .await
+                .expect("tenant");
+            let mut sa = ServiceAccountServiceClient::connect(server.url())
+                .await
+                .expect("connect");
+            let account = sa
+                .create_service_account(pb::CreateServiceAccountRequest {
+                    parent: "tenants/acme".into(),
+                    service_account: Some(pb::ServiceAccount {
+                        display_name: "CI bot".into(),
+                        ..Default::default()
+                    }),
+                    service_account_id: "ci-bot".into(),
+                    request_id: String::new(),
+                })
+                .await
+                .expect("account")
+                .into_inner()
+                .service_account
+                .expect("account");
+            assert_eq!(account.name, "tenants/acme/serviceAccounts/ci-bot");
+
+            let create_key = |rid: &str| pb::CreateApiKeyRequest {
+                parent: account.name.clone(),
+                api_key: Some(pb::ApiKey {
+                    display_name: "deploys".into(),
+                    ..Default::default()
+                }),
+                request_id: rid.into(),
+            };
+            let first = sa
+                .create_api_key(create_key("rq-k"))
+                .await
+                .expect("key")
+                .into_inner();
+            let key = first.api_key.expect("key");
+            assert!(first.secret.starts_with(&key.secret_prefix) && first.secret.len() > 40);
+            let retry = sa
+                .create_api_key(create_key("rq-k"))
+                .await
+                .expect("retry")
+                .into_inner();
+            assert_eq!(
+                retry.api_key.expect("key").name,
+                key.name,
+                "the same request answers with the same key"
+            );
+            assert!(retry.secret.is_empty(), "the secret is shown once");
+
+            // Only the hash is stored, and the exchange can find the key by it.
+            let db = storage::connect(&backend.storage, STORAGE_NAME, &MIGRATIONS)
+                .await
+                .expect("connect");
+            let stored: Vec<String> = on_db!(&db, |pool| sqlx::query_scalar(
+                "SELECT secret_hash FROM api_keys"
+            )
+            .fetch_all(pool)
+            .await)
+            .expect("read");
+            assert_eq!(stored, [secret_hash(&first.secret)]);
+            let store = SqlIamStore::new(db.clone());
+            assert_eq!(
+                store
+                    .key_by_hash(&secret_hash(&first.secret))
+                    .await
+                    .expect("by hash")
+                    .map(|k| k.name()),
+                Some(key.name.clone())
+            );
+
+            // Disabled accounts get no new keys.
+            sa.update_service_account(pb::UpdateServiceAccountRequest {
+                service_account: Some(pb::ServiceAccount {
+                    name: account.name.clone(),
+                    disabled: true,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["disabled".into()],
+                }),
+            })
+            .await
+            .expect("disable");
+            let refused = sa.create_api_key(create_key("")).await.unwrap_err();
+            assert_eq!(refused.code(), Code::FailedPrecondition);
+
+            let keys = sa
+                .list_api_keys(pb::ListApiKeysRequest {
+                    parent: account.name.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list")
+                .into_inner();
+            assert_eq!(keys.api_keys.len(), 1);
+            sa.delete_service_account(pb::DeleteServiceAccountRequest {
+                name: account.name.clone(),
+                etag: String::new(),
+            })
+            .await
+            .expect("delete");
+            assert!(
+                store
+                    .key_by_hash(&secret_hash(&first.secret))
+                    .await
+                    .expect("by hash")
+                    .is_none(),
+                "keys go with their account"
+            );
+            let gone = sa
+                .get_api_key(pb::GetApiKeyRequest {
+                    name: key.name.clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(gone.code(), Code::NotFound);
+            eprintln!("service accounts passed on {}", backend.name);
+        }
+    }
+}

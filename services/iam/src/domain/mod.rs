@@ -1,9 +1,11 @@
 //! Tenants and clients as the service understands them, validated once when they come in.
 mod access;
+mod accounts;
 mod audit;
 mod roles;
 
 pub use access::{decide, Assignment, CustomRole, Decision};
+pub use accounts::{new_secret, secret_hash, ApiKey, ServiceAccount};
 pub use audit::{chain_hash, first_break, AuditEntry, AuditRecord, Outcome, GENESIS_HASH};
 mod tenancy;
 mod users;

@@ -1,6 +1,7 @@
 //! Persistence of tenants and clients: one trait, one SQL implementation for PostgreSQL and
 //! SQLite, one conformance suite run against both.
 mod access_sql;
+mod accounts_sql;
 mod audit_sql;
 #[doc(hidden)]
 pub mod conformance;
@@ -11,8 +12,8 @@ use async_trait::async_trait;
 use maxai_kit::Result;
 
 use crate::domain::{
-    Assignment, AuditEntry, AuditRecord, Client, ClientState, CustomRole, Tenant, TenantState,
-    User, UserState,
+    ApiKey, Assignment, AuditEntry, AuditRecord, Client, ClientState, CustomRole, ServiceAccount,
+    Tenant, TenantState, User, UserState,
 };
 
 pub use sql::SqlIamStore;
@@ -177,4 +178,46 @@ pub trait UserStore: Send + Sync + 'static {
         id: &str,
         expected_revision: Option<i64>,
     ) -> Result<()>;
+}
+
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
+    async fn create_account(
+        &self,
+        a: &ServiceAccount,
+        request_id: Option<&str>,
+    ) -> Result<ServiceAccount>;
+    async fn get_account(&self, tenant_id: &str, id: &str) -> Result<Option<ServiceAccount>>;
+    async fn list_accounts(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ServiceAccount>>;
+    async fn update_account(
+        &self,
+        a: &ServiceAccount,
+        expected_revision: i64,
+    ) -> Result<ServiceAccount>;
+    /// Removes the account, its keys and its role assignments in one transaction.
+    async fn delete_account(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        expected_revision: Option<i64>,
+    ) -> Result<()>;
+    /// Inserts a key; with a `request_id`, one made for the same request is returned instead
+    /// (`true` when it was made now).
+    async fn create_key(&self, k: &ApiKey, request_id: Option<&str>) -> Result<(ApiKey, bool)>;
+    async fn get_key(&self, tenant_id: &str, account_id: &str, id: &str) -> Result<Option<ApiKey>>;
+    async fn list_keys(
+        &self,
+        tenant_id: &str,
+        account_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ApiKey>>;
+    async fn delete_key(&self, tenant_id: &str, account_id: &str, id: &str) -> Result<()>;
+    /// The key whose secret hashes to `hash` (for the API-key exchange).
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
 }
