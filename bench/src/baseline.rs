@@ -103,6 +103,7 @@ impl Service<http::Request<tonic::body::Body>> for EchoServer {
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         Box::pin(async move {
             if req.uri().path() != ECHO_PATH {
+                // What gRPC answers for a method a server does not have, as generated servers do.
                 return Ok(Status::unimplemented("").into_http());
             }
             let mut grpc = tonic::server::Grpc::new(ProstCodec::<Echo, Echo>::default());
