@@ -86,6 +86,7 @@ pub struct Gateway {
     next: AtomicUsize,
     config: GatewayConfig,
     services: Vec<String>,
+    openapi: std::sync::OnceLock<serde_json::Value>,
 }
 
 impl Gateway {
@@ -140,6 +141,7 @@ impl Gateway {
             next: AtomicUsize::new(0),
             config,
             services,
+            openapi: std::sync::OnceLock::new(),
         }))
     }
 

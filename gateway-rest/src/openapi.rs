@@ -3,13 +3,15 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{extract::State, Json};
+use maxai_kit::descriptors::comment;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{json, Map, Value};
 
 use crate::{routes::Route, Gateway};
 
 pub async fn handler(State(gw): State<Arc<Gateway>>) -> Json<Value> {
-    Json(document(gw.routes()))
+    // Built once: the routes never change while the process runs.
+    Json(gw.openapi.get_or_init(|| document(gw.routes())).clone())
 }
 
 pub fn document(routes: &[Route]) -> Value {
@@ -50,6 +52,17 @@ pub fn document(routes: &[Route]) -> Value {
         };
         *seen += 1;
         op.insert("operationId".into(), json!(id));
+        if let Some(text) = comment(&route.method.parent_file(), route.method.path()) {
+            op.insert(
+                "summary".into(),
+                json!(text
+                    .split(". ")
+                    .next()
+                    .unwrap_or(&text)
+                    .trim_end_matches('.')),
+            );
+            op.insert("description".into(), json!(text));
+        }
         op.insert(
             "tags".into(),
             json!([route.method.parent_service().full_name()]),
@@ -135,12 +148,23 @@ fn message_ref(m: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -> 
         schemas.insert(name.clone(), json!({}));
         let mut props = Map::new();
         for f in m.fields() {
-            props.insert(f.json_name().to_owned(), field_schema(&f, schemas));
+            let mut schema = field_schema(&f, schemas);
+            if let Some(text) = comment(&f.parent_file(), f.path()) {
+                // A $ref cannot carry siblings in every tool; wrap it so the description stays.
+                if schema.get("$ref").is_some() {
+                    schema = json!({"allOf": [schema], "description": text});
+                } else if let Some(obj) = schema.as_object_mut() {
+                    obj.insert("description".into(), json!(text));
+                }
+            }
+            props.insert(f.json_name().to_owned(), schema);
         }
-        schemas.insert(
-            name.clone(),
-            json!({"type": "object", "properties": props, "additionalProperties": false}),
-        );
+        let mut schema =
+            json!({"type": "object", "properties": props, "additionalProperties": false});
+        if let Some(text) = comment(&m.parent_file(), m.path()) {
+            schema["description"] = json!(text);
+        }
+        schemas.insert(name.clone(), schema);
     }
     json!({"$ref": format!("#/components/schemas/{name}")})
 }

@@ -243,6 +243,20 @@ async fn correlation_ids_are_echoed_or_generated() {
 async fn every_annotated_rpc_is_reachable_and_documented() {
     let s = stack().await;
     maxai_testkit::assert_every_rpc_reachable(&s.rest, &[SERVICE_NAME]).await;
+    // Descriptions come from the proto comments.
+    let (_, _, doc) = s.send(Method::GET, "/openapi.json", None).await;
+    assert_eq!(
+        doc["paths"]["/v1/flags/{flag}"]["get"]["summary"],
+        "Gets a flag with its per-environment state (allowlists are listed separately)",
+        "{}",
+        doc["paths"]["/v1/flags/{flag}"]
+    );
+    let rollout = &doc["components"]["schemas"]["maxai.flags.v1.EnvironmentState"]["properties"]
+        ["rolloutBasisPoints"]["description"];
+    assert!(
+        rollout.as_str().is_some_and(|d| d.contains("basis points")),
+        "{rollout}"
+    );
 }
 
 #[tokio::test]

@@ -37,6 +37,25 @@ pub fn auth_rule(method: &MethodDescriptor) -> Option<AuthRule> {
     extension(method, "maxai.api.v1.auth")
 }
 
+/// The leading comment of the element at `path` in `file` (from the source info the build
+/// keeps), trimmed; `None` when there is none.
+pub fn comment(file: &prost_reflect::FileDescriptor, path: &[i32]) -> Option<String> {
+    let info = file.file_descriptor_proto().source_code_info.as_ref()?;
+    let text = info
+        .location
+        .iter()
+        .find(|l| l.path == path)?
+        .leading_comments
+        .as_deref()?;
+    let joined = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    (!joined.is_empty()).then_some(joined)
+}
+
 /// Every method of the named service.
 pub fn methods(service: &str) -> Vec<MethodDescriptor> {
     pool()
@@ -63,6 +82,16 @@ mod tests {
         let auth = auth_rule(&get).unwrap();
         assert_eq!(auth.permission, "flags.flags.get");
         assert_eq!(auth.resource_field, "name");
+    }
+
+    #[test]
+    fn comments_come_with_the_descriptors() {
+        let get = pool()
+            .get_service_by_name("maxai.flags.v1.FeatureFlagsService")
+            .and_then(|s| s.methods().find(|m| m.name() == "GetFlag"))
+            .unwrap();
+        let text = comment(&get.parent_file(), get.path()).unwrap();
+        assert!(text.starts_with("Gets a flag"), "{text}");
     }
 
     #[test]
