@@ -92,10 +92,9 @@ pub async fn serve_gateway(
             )
         })
         .await??;
+    // Served as `maxai up` serves it (TCP_NODELAY on every connection).
     spawn_server(sut, move |l| async move {
-        axum::serve(l, maxai_gateway::router(gateway))
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await?;
+        maxai_kit::server::serve_http(l, maxai_gateway::router(gateway), stop).await?;
         Ok(())
     })
     .await

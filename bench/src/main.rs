@@ -20,6 +20,7 @@
 mod baseline;
 mod cpu;
 mod flags;
+mod iam;
 mod load;
 mod report;
 mod startup;
@@ -139,6 +140,8 @@ enum Case {
     Http(SocketAddr, HttpTarget),
     Echo(SocketAddr),
     Batch(SocketAddr),
+    Authorize(SocketAddr),
+    Issue(std::sync::Arc<maxai_iam::tokens::KeyRing>),
 }
 
 impl Case {
@@ -151,6 +154,10 @@ impl Case {
             Case::Batch(addr) => {
                 flags::load_batch(load, *addr, GRPC_IN_FLIGHT, GRPC_CHANNELS).await
             }
+            Case::Authorize(addr) => {
+                iam::load_authorize(load, *addr, GRPC_IN_FLIGHT, GRPC_CHANNELS).await
+            }
+            Case::Issue(ring) => iam::load_issue(load, ring.clone(), 2).await,
         }
     }
 }
@@ -172,6 +179,9 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let flags_addr = flags::serve_flags(&sut, &config, data.path(), stop.clone()).await?;
     let gateway = flags::serve_gateway(&sut, &config, flags_addr, stop.clone()).await?;
+    let iam_data = tempfile::tempdir()?;
+    let iam_addr = iam::serve_iam(&sut, &config, iam_data.path(), stop.clone()).await?;
+    let ring = iam::key_ring(&config, iam_data.path()).await?;
     progress("seeding 100 flags and 100,000 allowlist entries");
     let seeded = flags::seed(flags_addr).await?;
 
@@ -195,6 +205,8 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
         ),
         ("BatchEvaluateFlags", Case::Batch(flags_addr)),
         ("gateway GET", Case::Http(gateway, get(keys.collect())?)),
+        ("BatchAuthorize", Case::Authorize(iam_addr)),
+        ("token issuance", Case::Issue(ring)),
     ];
     // Interleaved rounds: a slow spell of this shared machine lands on every measurement
     // alike instead of on whichever happened to run then, and the spread shows its size.
@@ -205,7 +217,8 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
             out.push(case.measure(load).await.with_context(|| name.to_string())?);
         }
     }
-    let [hello_s, echo_s, proxy_s, batch_s, gateway_s] = rounds.map(Stats::combine);
+    let [hello_s, echo_s, proxy_s, batch_s, gateway_s, authorize_s, issue_s] =
+        rounds.map(Stats::combine);
     // The in-process services would otherwise share the cores with the binary being started.
     stop.cancel();
 
@@ -241,6 +254,22 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
             .load(&gateway_s, 1.0)
             .baseline("axum→tonic JSON proxy", Some(proxy_s.rate()))
             .note(&format!("{http}; GetFlag answers from the flag snapshot")),
+        Row::new("iam BatchAuthorize ×100 gRPC", "checks/s")
+            .load(&authorize_s, iam::CHECKS as f64)
+            .baseline("tonic echo RPC/s ×100", Some(echo_s.rate() * iam::CHECKS as f64))
+            .goal("≥50,000, p99 ≤2 ms")
+            .note(&format!(
+                "goal {}; {:.0} RPC/s; {grpc}; 100 users, half allowed; decisions cached",
+                if authorize_s.rate() * iam::CHECKS as f64 >= 50_000.0 { "met (throughput)" } else { "NOT met" },
+                authorize_s.rate()
+            )),
+        Row::new("iam access-token issuance (in-process)", "tokens/s")
+            .load(&issue_s, 1.0)
+            .goal("≥5,000")
+            .note(&format!(
+                "goal {}; EdDSA JWT with kid from the key ring; 2 workers; the token RPCs are not served yet",
+                if issue_s.rate() >= 5_000.0 { "met" } else { "NOT met" }
+            )),
     ];
 
     progress("maxai up: startup and idle memory");
