@@ -3,7 +3,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use maxai_kit::{
     error::Violations,
-    paging::{decode_token, encode_token, page_size},
+    paging::{decode_token, next_page, page_size},
     resource::expected_revision,
     Error, Result,
 };
@@ -253,15 +253,7 @@ impl FeatureFlagsService for FlagsApi {
             .store
             .list(after.as_deref(), limit + 1, stage_filter)
             .await?;
-        let next_page_token = if flags.len() as i64 > limit {
-            flags.truncate(limit as usize);
-            flags
-                .last()
-                .map(|f| encode_token(&scope, f.key.as_str()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page(&mut flags, limit, &scope, |f| f.key.to_string());
         Ok(Response::new(pb::ListFlagsResponse {
             flags: flags.iter().map(flag_to_pb).collect(),
             next_page_token,
@@ -414,15 +406,7 @@ impl FeatureFlagsService for FlagsApi {
             .store
             .list_allowlist(&key, env.as_str(), kind, after.as_deref(), limit + 1)
             .await?;
-        let next_page_token = if subjects.len() as i64 > limit {
-            subjects.truncate(limit as usize);
-            subjects
-                .last()
-                .map(|s| encode_token(&scope, s))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page(&mut subjects, limit, &scope, |s| s.clone());
         Ok(Response::new(pb::ListAllowlistEntriesResponse {
             subjects,
             next_page_token,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use maxai_kit::{
     error::Violations,
-    paging::{decode_token, encode_token, page_size},
+    paging::{decode_token, next_page, page_size},
     resource::{micros, request_id, timestamp},
     storage::now_micros,
     telemetry::CORRELATION_HEADER,
@@ -216,14 +216,7 @@ impl AuditService for AuditApi {
             .store
             .list_entries(&tenant, &filter, before, limit + 1)
             .await?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|e| encode_token(&scope, &e.seq.to_string()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page(&mut rows, limit, &scope, |e| e.seq.to_string());
         Ok(Response::new(pb::ListAuditEntriesResponse {
             audit_entries: rows.iter().map(entry_to_pb).collect(),
             next_page_token,

@@ -41,6 +41,24 @@ pub fn decode_token(scope: &str, token: &str) -> Result<Option<String>> {
     }
 }
 
+/// Keyset pagination: `rows` were read with `limit + 1` so a following page shows itself; cuts
+/// them to `limit` and returns the token for the next page (empty when there is none).
+pub fn next_page<T>(
+    rows: &mut Vec<T>,
+    limit: i64,
+    scope: &str,
+    key: impl Fn(&T) -> String,
+) -> String {
+    if rows.len() as i64 > limit {
+        rows.truncate(limit.max(0) as usize);
+        rows.last()
+            .map(|r| encode_token(scope, &key(r)))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +73,16 @@ mod tests {
         assert!(decode_token("other", &t).is_err());
         assert!(decode_token("flags", "!!!").is_err());
         assert_eq!(decode_token("flags", "").unwrap(), None);
+    }
+
+    #[test]
+    fn next_page_cuts_and_points_after_the_last_row() {
+        let mut rows = vec!["a", "b", "c"];
+        let token = next_page(&mut rows, 2, "s", |r| r.to_string());
+        assert_eq!(rows, ["a", "b"]);
+        assert_eq!(decode_token("s", &token).unwrap().as_deref(), Some("b"));
+        let mut last = vec!["a"];
+        assert_eq!(next_page(&mut last, 2, "s", |r| r.to_string()), "");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use maxai_kit::{
     error::Violations,
-    paging::{decode_token, encode_token, page_size},
+    paging::{decode_token, next_page, page_size},
     resource::{check_id, etag, expected_revision, mask_paths, micros, request_id, timestamp},
     storage::now_micros,
     Error, ErrorKind, Result,
@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use super::names;
 use crate::{
     audit::AuditLog,
-    domain::{new_secret, secret_hash, ApiKey, ServiceAccount, TenantState},
+    domain::{new_secret, secret_hash, ApiKey, ServiceAccount},
     policy::PolicyEngine,
     store::{AccountStore, TenancyStore},
 };
@@ -128,24 +128,6 @@ fn key_to_pb(k: &ApiKey) -> pb::ApiKey {
     }
 }
 
-fn page<T>(
-    mut rows: Vec<T>,
-    limit: i64,
-    scope: &str,
-    key: impl Fn(&T) -> String,
-) -> (Vec<T>, String) {
-    if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        let token = rows
-            .last()
-            .map(|r| encode_token(scope, &key(r)))
-            .unwrap_or_default();
-        (rows, token)
-    } else {
-        (rows, String::new())
-    }
-}
-
 #[tonic::async_trait]
 impl ServiceAccountService for AccountsApi {
     async fn create_service_account(
@@ -179,17 +161,7 @@ impl ServiceAccountService for AccountsApi {
         );
         v.into_result()?;
         let tenant = tenant.unwrap_or_default();
-        match self.tenancy.get_tenant(&tenant).await? {
-            Some(t) if t.state == TenantState::Active => {}
-            Some(t) => {
-                return Err(Error::new(
-                    ErrorKind::PreconditionFailed,
-                    format!("tenant {tenant} is {}", t.state.as_str()),
-                )
-                .into())
-            }
-            None => return Err(Error::not_found(format!("tenant {tenant}")).into()),
-        }
+        super::active_tenant(self.tenancy.as_ref(), &tenant).await?;
         let new = ServiceAccount {
             tenant_id: tenant,
             id: service_account_id,
@@ -245,11 +217,11 @@ impl ServiceAccountService for AccountsApi {
         let limit = page_size(size)?;
         let scope = format!("accounts:{tenant}");
         let after = decode_token(&scope, &page_token)?;
-        let rows = self
+        let mut rows = self
             .store
             .list_accounts(&tenant, after.as_deref(), limit + 1)
             .await?;
-        let (rows, next_page_token) = page(rows, limit, &scope, |a| a.id.clone());
+        let next_page_token = next_page(&mut rows, limit, &scope, |a| a.id.clone());
         Ok(Response::new(pb::ListServiceAccountsResponse {
             service_accounts: rows.iter().map(account_to_pb).collect(),
             next_page_token,
@@ -466,11 +438,11 @@ impl ServiceAccountService for AccountsApi {
         let limit = page_size(size)?;
         let scope = format!("keys:{t}:{a}");
         let after = decode_token(&scope, &page_token)?;
-        let rows = self
+        let mut rows = self
             .store
             .list_keys(&t, &a, after.as_deref(), limit + 1)
             .await?;
-        let (rows, next_page_token) = page(rows, limit, &scope, |k| k.id.clone());
+        let next_page_token = next_page(&mut rows, limit, &scope, |k| k.id.clone());
         Ok(Response::new(pb::ListApiKeysResponse {
             api_keys: rows.iter().map(key_to_pb).collect(),
             next_page_token,

@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use maxai_kit::{
     error::Violations,
-    paging::{decode_token, encode_token, page_size},
+    paging::{decode_token, next_page, page_size},
     resource::{check_id, etag, expected_revision, mask_paths, micros, request_id, timestamp},
     Error, ErrorKind, Result,
 };
@@ -191,17 +191,6 @@ fn assignment_to_pb(a: &Assignment) -> pb::RoleAssignment {
     }
 }
 
-fn next_token<T>(rows: &mut Vec<T>, limit: i64, scope: &str, key: impl Fn(&T) -> String) -> String {
-    if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last()
-            .map(|r| encode_token(scope, &key(r)))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    }
-}
-
 #[tonic::async_trait]
 impl RoleService for AccessApi {
     async fn create_role(
@@ -314,7 +303,7 @@ impl RoleService for AccessApi {
             .store
             .list_roles(&tenant, after.as_deref(), limit + 1)
             .await?;
-        let next_page_token = next_token(&mut rows, limit, &scope, |r| r.id.clone());
+        let next_page_token = next_page(&mut rows, limit, &scope, |r| r.id.clone());
         let mut roles: Vec<pb::Role> = Vec::new();
         if include_built_in && after.is_none() {
             roles.extend(built_in_roles().iter().map(built_in_to_pb));
@@ -464,7 +453,7 @@ impl RoleService for AccessApi {
                     .collect(),
             })
             .collect();
-        let next_page_token = next_token(&mut rows, limit, &token_scope, |p| p.permission.clone());
+        let next_page_token = next_page(&mut rows, limit, &token_scope, |p| p.permission.clone());
         Ok(Response::new(pb::ListPermissionsResponse {
             permissions: rows,
             next_page_token,
@@ -624,7 +613,7 @@ impl RoleService for AccessApi {
             .store
             .list_assignments(&tenant, &filter, after.as_deref(), limit + 1)
             .await?;
-        let next_page_token = next_token(&mut rows, limit, &token_scope, |a| a.id.clone());
+        let next_page_token = next_page(&mut rows, limit, &token_scope, |a| a.id.clone());
         Ok(Response::new(pb::ListRoleAssignmentsResponse {
             role_assignments: rows.iter().map(assignment_to_pb).collect(),
             next_page_token,

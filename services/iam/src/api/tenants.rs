@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use maxai_kit::{
     error::Violations,
-    paging::{decode_token, encode_token, page_size},
+    paging::{decode_token, next_page, page_size},
     resource::{check_id, expected_revision, mask_paths, request_id},
     storage::now_micros,
     Error, ErrorKind, Result,
@@ -62,25 +62,6 @@ impl TenantsApi {
             .get_client(tenant, id)
             .await?
             .ok_or_else(|| Error::not_found(format!("client tenants/{tenant}/clients/{id}")))
-    }
-}
-
-/// Keyset pagination over a list keyed by id: asks for one more row to know if a page follows.
-fn page<T>(
-    mut rows: Vec<T>,
-    limit: i64,
-    scope: &str,
-    key: impl Fn(&T) -> &str,
-) -> (Vec<T>, String) {
-    if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        let token = rows
-            .last()
-            .map(|r| encode_token(scope, key(r)))
-            .unwrap_or_default();
-        (rows, token)
-    } else {
-        (rows, String::new())
     }
 }
 
@@ -165,11 +146,11 @@ impl TenantService for TenantsApi {
         };
         let scope = format!("tenants:{state}");
         let after = decode_token(&scope, &page_token)?;
-        let rows = self
+        let mut rows = self
             .store
             .list_tenants(after.as_deref(), limit + 1, filter)
             .await?;
-        let (rows, next_page_token) = page(rows, limit, &scope, |t| &t.id);
+        let next_page_token = next_page(&mut rows, limit, &scope, |t| t.id.clone());
         Ok(Response::new(pb::ListTenantsResponse {
             tenants: rows.iter().map(tenant_to_pb).collect(),
             next_page_token,
@@ -360,11 +341,11 @@ impl ClientService for TenantsApi {
         self.tenant(&tenant).await?;
         let scope = format!("clients:{tenant}:{state}");
         let after = decode_token(&scope, &page_token)?;
-        let rows = self
+        let mut rows = self
             .store
             .list_clients(&tenant, after.as_deref(), limit + 1, filter)
             .await?;
-        let (rows, next_page_token) = page(rows, limit, &scope, |c| &c.id);
+        let next_page_token = next_page(&mut rows, limit, &scope, |c| c.id.clone());
         Ok(Response::new(pb::ListClientsResponse {
             clients: rows.iter().map(client_to_pb).collect(),
             next_page_token,

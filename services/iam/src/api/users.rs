@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use maxai_kit::{
     error::Violations,
-    paging::{decode_token, encode_token, page_size},
+    paging::{decode_token, next_page, page_size},
     resource::{check_id, etag, expected_revision, mask_paths, request_id, timestamp},
-    Error, ErrorKind, Result,
+    Error, Result,
 };
 use maxai_proto::maxai::iam::v1::{self as pb, user_service_server::UserService};
 use tonic::{Request, Response, Status};
@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::names;
 use crate::{
     audit::AuditLog,
-    domain::{email_ok, TenantState, User, UserState},
+    domain::{email_ok, User, UserState},
     policy::PolicyEngine,
     store::{TenancyStore, UserStore},
 };
@@ -138,17 +138,7 @@ impl UserService for UsersApi {
         }
         v.into_result()?;
         let tenant = tenant.unwrap_or_default();
-        match self.tenancy.get_tenant(&tenant).await? {
-            Some(t) if t.state == TenantState::Active => {}
-            Some(t) => {
-                return Err(Error::new(
-                    ErrorKind::PreconditionFailed,
-                    format!("tenant {tenant} is {}", t.state.as_str()),
-                )
-                .into())
-            }
-            None => return Err(Error::not_found(format!("tenant {tenant}")).into()),
-        }
+        super::active_tenant(self.tenancy.as_ref(), &tenant).await?;
         let id = if user_id.is_empty() {
             format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..15])
         } else {
@@ -228,14 +218,7 @@ impl UserService for UsersApi {
             .store
             .list_users(&tenant, after.as_deref(), limit + 1, filter, &prefix)
             .await?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|u| encode_token(&scope, &u.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page(&mut rows, limit, &scope, |u| u.id.clone());
         Ok(Response::new(pb::ListUsersResponse {
             users: rows.iter().map(user_to_pb).collect(),
             next_page_token,
