@@ -10,6 +10,7 @@ use std::{
 };
 
 use maxai_kit::{
+    auth::{authed, Authed, Guard, GuardLayer},
     server::{serve_grpc, GrpcApp},
     shared_state::SharedState,
     CancellationToken,
@@ -20,7 +21,6 @@ use maxai_proto::maxai::flags::v1::{
 };
 use secrecy::SecretString;
 use tokio::runtime::Handle;
-use tonic::transport::Channel;
 
 use crate::{
     baseline::spawn_server,
@@ -47,6 +47,7 @@ pub async fn serve_flags(
     sut: &Handle,
     config: &PlatformConfig,
     data_dir: &Path,
+    guard: Arc<Guard>,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let mut storage = config.storage.clone();
@@ -68,6 +69,7 @@ pub async fn serve_flags(
         let app = GrpcApp {
             routes: routes.routes(),
             service_names: vec![maxai_feature_flags::SERVICE_NAME.to_owned()],
+            guard: GuardLayer::new(guard, max_message),
         };
         serve_grpc(l, app, stop, Duration::ZERO).await
     })
@@ -79,6 +81,7 @@ pub async fn serve_gateway(
     sut: &Handle,
     config: &PlatformConfig,
     upstream: SocketAddr,
+    guard: Arc<Guard>,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let (gw_config, max_message) = (config.gateway.clone(), config.server.max_message_bytes);
@@ -89,6 +92,7 @@ pub async fn serve_gateway(
                 &format!("http://{upstream}"),
                 vec![maxai_feature_flags::SERVICE_NAME.into()],
                 max_message,
+                guard,
             )
         })
         .await??;
@@ -112,9 +116,10 @@ pub struct Seeded {
 
 /// 100 flags: 10 with 10,000-tenant allowlists, 50 percentage rollouts by tenant or user (some
 /// switched off), 20 gated on a rollout flag, 20 gated on two flags (chains two deep).
-pub async fn seed(addr: SocketAddr) -> anyhow::Result<Seeded> {
+pub async fn seed(addr: SocketAddr, token: &str) -> anyhow::Result<Seeded> {
     let started = Instant::now();
-    let mut client = FeatureFlagsServiceClient::new(load::endpoint(addr)?.connect().await?);
+    let mut client =
+        FeatureFlagsServiceClient::new(authed(load::endpoint(addr)?.connect().await?, token)?);
     for i in 0..FLAGS {
         let (bp, unit, enabled, prerequisites) = match i {
             0..ALLOWLISTED => (0, pb::RolloutUnit::Tenant, true, vec![]),
@@ -216,18 +221,18 @@ fn batch(keys: &[String], n: u64) -> pb::BatchEvaluateFlagsRequest {
 pub async fn load_batch(
     load: Load,
     addr: SocketAddr,
+    token: &str,
     concurrency: usize,
     channels: usize,
 ) -> anyhow::Result<Stats> {
     let chans = load::channels(addr, channels).await?;
     let keys = Arc::new((0..FLAGS).map(key).collect::<Vec<_>>());
-    let states = (0..concurrency)
-        .map(|i| {
-            let client = FeatureFlagsServiceClient::new(chans[i % chans.len()].clone());
-            (client, i as u64 * 100_003)
-        })
-        .collect();
-    let op = move |(mut client, n): (FeatureFlagsServiceClient<Channel>, u64)| {
+    let mut states = Vec::with_capacity(concurrency);
+    for i in 0..concurrency {
+        let client = FeatureFlagsServiceClient::new(authed(chans[i % chans.len()].clone(), token)?);
+        states.push((client, i as u64 * 100_003));
+    }
+    let op = move |(mut client, n): (FeatureFlagsServiceClient<Authed>, u64)| {
         let req = batch(&keys, n);
         async move {
             let got = client.batch_evaluate_flags(req).await?.into_inner();

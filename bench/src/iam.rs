@@ -1,10 +1,11 @@
 //! IAM figures: the policy engine answering BatchAuthorize over gRPC (100 checks a call, half
-//! allowed), and access-token issuance by the key ring (in-process: the token RPCs are not
-//! served yet).
+//! allowed), and access-token issuance by the key ring (in-process: what every sign-in, refresh
+//! and API-key exchange does).
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use maxai_iam::store::{AccessStore, TenancyStore, UserStore};
 use maxai_kit::{
+    auth::{authed, Authed, Guard, GuardLayer, Verifier},
     server::{serve_grpc, GrpcApp},
     shared_state::SharedState,
     CancellationToken,
@@ -15,7 +16,6 @@ use maxai_proto::maxai::iam::v1::{
 };
 use secrecy::SecretString;
 use tokio::runtime::Handle;
-use tonic::transport::Channel;
 
 use crate::{
     baseline::spawn_server,
@@ -34,17 +34,39 @@ fn embedded(config: &PlatformConfig, data_dir: &Path) -> maxai_kit::config::Stor
     storage
 }
 
+/// IAM as `maxai up` runs it here.
+pub struct Iam {
+    pub addr: SocketAddr,
+    /// The guard every bench server is behind (IAM's key ring and policy engine).
+    pub guard: Arc<Guard>,
+    pub ring: Arc<maxai_iam::tokens::KeyRing>,
+}
+
+impl Iam {
+    /// A platform-admin token that outlives the run.
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        Ok(self
+            .ring
+            .issue(
+                maxai_iam::BOOTSTRAP_ADMIN,
+                maxai_iam::PLATFORM_TENANT,
+                Some(Duration::from_secs(3600)),
+            )?
+            .0)
+    }
+}
+
 /// IAM on SQLite under `data_dir`, seeded with one tenant, 20 clients and 100 users: even users
-/// are tenant members, odd users view one client each.
+/// are tenant members, odd users view one client each; and the bootstrap platform admin.
 pub async fn serve_iam(
     sut: &Handle,
     config: &PlatformConfig,
     data_dir: &Path,
     stop: CancellationToken,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<Iam> {
     let storage = embedded(config, data_dir);
     let mut iam_config = config.iam.clone();
-    iam_config.bootstrap_admin = false;
+    iam_config.bootstrap_admin = true;
     let max_message = config.server.max_message_bytes;
     let token = stop.clone();
     let seed_storage = storage.clone();
@@ -62,16 +84,28 @@ pub async fn serve_iam(
             anyhow::Ok(servers)
         })
         .await??;
-    spawn_server(sut, move |l| async move {
+    let ring = servers.key_ring.clone();
+    let guard = Guard::new(
+        Verifier::new(iam_config_issuer(config), ring.clone()),
+        servers.policy.clone(),
+    );
+    let layer = GuardLayer::new(guard.clone(), max_message);
+    let addr = spawn_server(sut, move |l| async move {
         let mut routes = tonic::service::RoutesBuilder::default();
         servers.add_to(&mut routes);
         let app = GrpcApp {
             routes: routes.routes(),
             service_names: maxai_iam::SERVICE_NAMES.map(String::from).to_vec(),
+            guard: layer,
         };
         serve_grpc(l, app, stop, Duration::ZERO).await
     })
-    .await
+    .await?;
+    Ok(Iam { addr, guard, ring })
+}
+
+fn iam_config_issuer(config: &PlatformConfig) -> String {
+    config.iam.issuer.clone()
 }
 
 async fn seed(storage: &maxai_kit::config::StorageConfig) -> anyhow::Result<()> {
@@ -157,34 +191,22 @@ fn checks(n: u64) -> pb::BatchAuthorizeRequest {
 pub async fn load_authorize(
     load: Load,
     addr: SocketAddr,
+    token: &str,
     concurrency: usize,
     channels: usize,
 ) -> anyhow::Result<Stats> {
     let chans = load::channels(addr, channels).await?;
-    let states = (0..concurrency)
-        .map(|i| {
-            (
-                AuthorizationServiceClient::new(chans[i % chans.len()].clone()),
-                i as u64 * 7,
-            )
-        })
-        .collect();
-    let op = move |(mut client, n): (AuthorizationServiceClient<Channel>, u64)| async move {
+    let mut states = Vec::with_capacity(concurrency);
+    for i in 0..concurrency {
+        let channel = authed(chans[i % chans.len()].clone(), token)?;
+        states.push((AuthorizationServiceClient::new(channel), i as u64 * 7));
+    }
+    let op = move |(mut client, n): (AuthorizationServiceClient<Authed>, u64)| async move {
         let got = client.batch_authorize(checks(n)).await?.into_inner();
         anyhow::ensure!(got.results.len() == CHECKS, "{} results", got.results.len());
         Ok((client, n + 1))
     };
     Ok(load::closed_loop(load, states, op).await)
-}
-
-/// The key ring of the IAM data in `data_dir` (the one `serve_iam` made).
-pub async fn key_ring(
-    config: &PlatformConfig,
-    data_dir: &Path,
-) -> anyhow::Result<Arc<maxai_iam::tokens::KeyRing>> {
-    Ok(Arc::new(
-        maxai_iam::key_ring(&embedded(config, data_dir), &config.iam).await?,
-    ))
 }
 
 /// Access tokens issued back to back by `concurrency` workers.

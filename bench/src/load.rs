@@ -237,6 +237,8 @@ pub struct HttpTarget {
     uris: Vec<Uri>,
     /// Sent as `application/json` when not empty.
     body: Bytes,
+    /// Sent as `authorization: Bearer …` when set.
+    bearer: Option<HeaderValue>,
 }
 
 impl HttpTarget {
@@ -254,7 +256,14 @@ impl HttpTarget {
             method,
             uris,
             body: body.into(),
+            bearer: None,
         })
+    }
+
+    /// Every request carries `token` as its bearer credential.
+    pub fn bearer(mut self, token: &str) -> anyhow::Result<Self> {
+        self.bearer = Some(HeaderValue::from_str(&format!("Bearer {token}"))?);
+        Ok(self)
     }
 
     fn request(&self, n: u64) -> Request<Full<Bytes>> {
@@ -263,6 +272,9 @@ impl HttpTarget {
         *req.uri_mut() = self.uris[(n % self.uris.len() as u64) as usize].clone();
         let h = req.headers_mut();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1"));
+        if let Some(b) = &self.bearer {
+            h.insert(header::AUTHORIZATION, b.clone());
+        }
         if !self.body.is_empty() {
             h.insert(
                 header::CONTENT_TYPE,

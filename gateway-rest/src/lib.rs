@@ -45,6 +45,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use maxai_kit::{
+    auth::Guard,
     dynamic::DynamicClient,
     telemetry::{correlation_id, CorrelationId, CORRELATION_HEADER},
 };
@@ -87,6 +88,9 @@ pub struct Gateway {
     config: GatewayConfig,
     services: Vec<String>,
     openapi: std::sync::OnceLock<serde_json::Value>,
+    guard: Arc<Guard>,
+    /// API key → (access token, when to exchange again).
+    exchanged: std::sync::RwLock<std::collections::HashMap<String, (String, Instant)>>,
 }
 
 impl Gateway {
@@ -97,6 +101,7 @@ impl Gateway {
         upstream: &str,
         services: Vec<String>,
         max_message_bytes: usize,
+        guard: Arc<Guard>,
     ) -> anyhow::Result<Arc<Self>> {
         let routes = routes::build(&services)?;
         let connect = |url: &str| -> anyhow::Result<Upstream> {
@@ -142,6 +147,8 @@ impl Gateway {
             config,
             services,
             openapi: std::sync::OnceLock::new(),
+            guard,
+            exchanged: std::sync::RwLock::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -163,18 +170,72 @@ impl Gateway {
         self.upstream(service).health.clone()
     }
 
-    /// Forwards the caller's identity and correlation to a gRPC request.
+    /// The caller's access token: the bearer JWT, or the access token an API key (sent as
+    /// `x-api-key` or as the bearer) is exchanged for, cached until shortly before it expires.
+    async fn access_token(&self, headers: &http::HeaderMap) -> Result<Option<String>, Problem> {
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        let bearer = maxai_kit::auth::bearer(header(header::AUTHORIZATION.as_str()));
+        let api_key = match (header("x-api-key"), bearer) {
+            (Some(k), _) => k.trim(),
+            (None, Some(b)) if b.starts_with("mxk_") => b,
+            (None, b) => return Ok(b.map(str::to_owned)),
+        };
+        if let Some((token, until)) = self
+            .exchanged
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(api_key)
+        {
+            if Instant::now() < *until {
+                return Ok(Some(token.clone()));
+            }
+        }
+        use maxai_proto::maxai::iam::v1::{
+            auth_service_client::AuthServiceClient, ExchangeApiKeyRequest,
+        };
+        let mut req = tonic::Request::new(ExchangeApiKeyRequest {
+            api_key: api_key.to_owned(),
+            ..Default::default()
+        });
+        req.set_timeout(Duration::from_millis(self.config.timeout_ms.max(1)));
+        let tokens = AuthServiceClient::new(self.channel("maxai.iam.v1.AuthService"))
+            .exchange_api_key(req)
+            .await
+            .map_err(|s| Problem::from_status(&s))?
+            .into_inner()
+            .tokens
+            .unwrap_or_default();
+        let lifetime = tokens
+            .access_token_expire_time
+            .map(|t| t.seconds - maxai_kit::storage::now_micros() / 1_000_000)
+            .unwrap_or(0)
+            .max(0) as u64;
+        // Exchanged again at 80% of the lifetime, so a forwarded token never expires in flight.
+        let until = Instant::now() + Duration::from_secs(lifetime * 4 / 5);
+        let mut cache = self.exchanged.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= 10_000 {
+            cache.clear();
+        }
+        cache.insert(api_key.to_owned(), (tokens.access_token.clone(), until));
+        Ok(Some(tokens.access_token))
+    }
+
+    /// Forwards the caller's credential and correlation to a gRPC request.
     fn metadata<T>(
         &self,
         req: &mut tonic::Request<T>,
         headers: &http::HeaderMap,
+        token: Option<&str>,
         correlation: &str,
     ) {
+        if let Some(t) = token {
+            maxai_kit::auth::with_bearer(req, t);
+        }
         let md = req.metadata_mut();
         if let Ok(v) = MetadataValue::try_from(correlation) {
             md.insert(CORRELATION_HEADER, v);
         }
-        for name in ["authorization", "traceparent", "tracestate"] {
+        for name in ["traceparent", "tracestate", "user-agent"] {
             if let Some(v) = headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
@@ -353,15 +414,32 @@ async fn transcoded_inner(gw: &Gateway, req: Request) -> Result<Response, Proble
             ));
         }
     }
+    let token = if route.auth.public {
+        None
+    } else {
+        gw.access_token(&parts.headers).await?
+    };
     let bytes = read_body(body, gw.config.max_body_bytes).await?;
     let message = transcode::request(route, bound, query.as_deref(), &bytes)?;
+    gw.guard
+        .check(&route.grpc_path, token.as_deref(), &message)
+        .await
+        .map_err(|e| Problem::from_status(&tonic::Status::from(e)))?;
     let mut grpc_req = tonic::Request::new(message);
-    gw.metadata(&mut grpc_req, &parts.headers, &id);
+    gw.metadata(&mut grpc_req, &parts.headers, token.as_deref(), &id);
     let reply = gw
         .client(route.method.parent_service().full_name())
         .unary(&route.method, grpc_req)
         .await
         .map_err(|s| Problem::from_status(&s))?;
+    if let Some(field) = &route.redirect {
+        let location = maxai_kit::auth::resource_of(reply.get_ref(), field);
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            let mut resp = StatusCode::FOUND.into_response();
+            resp.headers_mut().insert(header::LOCATION, v);
+            return Ok(resp);
+        }
+    }
     let mut resp = Json(transcode::response(route, reply.get_ref())).into_response();
     resp.extensions_mut()
         .insert(RouteLabel(route.template.raw().to_owned()));

@@ -115,7 +115,15 @@ async fn evaluate(
         context: Some(ctx),
         keys,
     });
-    gw.metadata(&mut grpc, &parts.headers, &id);
+    let token = gw.access_token(&parts.headers).await.map_err(|p| {
+        ofrep_error(
+            StatusCode::from_u16(p.status).unwrap_or(StatusCode::UNAUTHORIZED),
+            None,
+            "GENERAL",
+            p.detail,
+        )
+    })?;
+    gw.metadata(&mut grpc, &parts.headers, token.as_deref(), &id);
     let channel = gw.channel("maxai.flags.v1.FeatureFlagsService");
     let reply = FeatureFlagsServiceClient::new(channel)
         .batch_evaluate_flags(grpc)

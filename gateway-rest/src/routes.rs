@@ -1,7 +1,7 @@
 //! The route table: every RPC of the served services that carries `google.api.http` (and its
 //! additional bindings), with the `(maxai.api.v1.auth)` rule read from the same descriptor.
 use http::Method;
-use maxai_kit::descriptors::{auth_rule, http_rule, pool};
+use maxai_kit::descriptors::{auth_rule, http_redirect, http_rule, pool};
 use maxai_proto::{
     google::api::{http_rule::Pattern, HttpRule},
     maxai::api::v1::AuthRule,
@@ -20,6 +20,10 @@ pub struct Route {
     /// "" (the whole response) or one top-level response field.
     pub response_body: String,
     pub auth: AuthRule,
+    /// gRPC path, `/{service}/{method}`.
+    pub grpc_path: String,
+    /// Response field answered as a 302 Location (browser flows), when set.
+    pub redirect: Option<String>,
 }
 
 /// Routes of `services` (full names), most specific first.
@@ -66,5 +70,7 @@ fn route(method: &MethodDescriptor, rule: &HttpRule, auth: &AuthRule) -> anyhow:
         body: rule.body.clone(),
         response_body: rule.response_body.clone(),
         auth: auth.clone(),
+        grpc_path: format!("/{}/{}", method.parent_service().full_name(), method.name()),
+        redirect: http_redirect(method),
     })
 }

@@ -1,7 +1,7 @@
 //! The gateway over real sockets, in front of the real feature-flags service.
 use maxai_feature_flags::{start, FlagsConfig, SERVICE_NAME};
 use maxai_kit::{server::GrpcApp, shared_state::SharedState, CancellationToken};
-use maxai_testkit::{serve_gateway, serve_grpc, sqlite, Backend, Running};
+use maxai_testkit::{serve_gateway, serve_grpc, sqlite, Backend, Running, TestIam};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -10,11 +10,14 @@ struct Stack {
     _grpc: Running,
     rest: Running,
     http: Client,
+    token: String,
 }
 
-/// The flags service on SQLite, served over gRPC on a fresh port.
-async fn flags_grpc() -> (Backend, Running) {
+/// The flags service (and IAM, whose guard it is behind) on SQLite, served over gRPC on a
+/// fresh port.
+async fn flags_grpc() -> (Backend, Running, TestIam) {
     let backend = sqlite();
+    let mut iam = TestIam::start(&backend).await;
     let server = start(
         &FlagsConfig::default(),
         &backend.storage,
@@ -26,22 +29,25 @@ async fn flags_grpc() -> (Backend, Running) {
     .expect("flags");
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(server);
+    iam.take_servers().add_to(&mut routes);
     let grpc = serve_grpc(GrpcApp {
         routes: routes.routes(),
         service_names: vec![SERVICE_NAME.into()],
+        guard: iam.layer(),
     })
     .await;
-    (backend, grpc)
+    (backend, grpc, iam)
 }
 
 async fn stack() -> Stack {
-    let (backend, grpc) = flags_grpc().await;
-    let rest = serve_gateway(&grpc, vec![SERVICE_NAME.into()]).await;
+    let (backend, grpc, iam) = flags_grpc().await;
+    let rest = serve_gateway(&grpc, vec![SERVICE_NAME.into()], &iam).await;
     Stack {
         _backend: backend,
         _grpc: grpc,
         rest,
         http: Client::new(),
+        token: iam.admin(),
     }
 }
 
@@ -55,7 +61,10 @@ impl Stack {
         path: &str,
         body: Option<&str>,
     ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let mut req = self.http.request(method, self.url(path));
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req
                 .header("content-type", "application/json")
@@ -242,7 +251,7 @@ async fn correlation_ids_are_echoed_or_generated() {
 #[tokio::test]
 async fn every_annotated_rpc_is_reachable_and_documented() {
     let s = stack().await;
-    maxai_testkit::assert_every_rpc_reachable(&s.rest, &[SERVICE_NAME]).await;
+    maxai_testkit::assert_every_rpc_reachable(&s.rest, &[SERVICE_NAME], &s.token).await;
     // Descriptions come from the proto comments.
     let (_, _, doc) = s.send(Method::GET, "/openapi.json", None).await;
     assert_eq!(
@@ -313,6 +322,7 @@ async fn ofrep_single_bulk_and_etag() {
     let resp = s
         .http
         .post(s.url("/ofrep/v1/evaluate/flags"))
+        .bearer_auth(&s.token)
         .body(r#"{"context":{"targetingKey":"u-2"}}"#)
         .send()
         .await
@@ -328,6 +338,7 @@ async fn ofrep_single_bulk_and_etag() {
     let again = s
         .http
         .post(s.url("/ofrep/v1/evaluate/flags"))
+        .bearer_auth(&s.token)
         .header("if-none-match", &etag)
         .body(r#"{"context":{"targetingKey":"u-2"}}"#)
         .send()
@@ -347,8 +358,8 @@ async fn health_and_readiness() {
 
 #[tokio::test]
 async fn readiness_fails_when_the_upstream_is_gone() {
-    let (_backend, grpc) = flags_grpc().await;
-    let rest = serve_gateway(&grpc, vec![SERVICE_NAME.into()]).await;
+    let (_backend, grpc, iam) = flags_grpc().await;
+    let rest = serve_gateway(&grpc, vec![SERVICE_NAME.into()], &iam).await;
     drop(grpc);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let resp = Client::new()
@@ -359,6 +370,7 @@ async fn readiness_fails_when_the_upstream_is_gone() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     let resp = Client::new()
         .get(format!("{}/v1/flags", rest.url()))
+        .bearer_auth(iam.admin())
         .send()
         .await
         .expect("send");
@@ -370,15 +382,20 @@ async fn readiness_fails_when_the_upstream_is_gone() {
 /// A service served elsewhere is reached at the address `upstreams` names for it.
 #[tokio::test]
 async fn per_service_upstreams() {
-    let (_backend, grpc) = flags_grpc().await;
+    let (_backend, grpc, iam) = flags_grpc().await;
     let mut config = maxai_testkit::gateway_config();
     config.upstreams.insert("maxai.flags.v1".into(), grpc.url());
     // The default upstream is nowhere: only the mapping can make this work.
-    let rest =
-        maxai_testkit::serve_gateway_with(config, "http://127.0.0.1:9", vec![SERVICE_NAME.into()])
-            .await;
+    let rest = maxai_testkit::serve_gateway_with(
+        config,
+        "http://127.0.0.1:9",
+        vec![SERVICE_NAME.into()],
+        &iam,
+    )
+    .await;
     let resp = Client::new()
         .get(format!("{}/v1/flags", rest.url()))
+        .bearer_auth(iam.admin())
         .send()
         .await
         .expect("send");

@@ -11,11 +11,11 @@ use maxai_kit::{server::GrpcApp, shared_state::SharedState, storage, Cancellatio
 use maxai_proto::maxai::flags::v1::{
     self as pb, feature_flags_service_client::FeatureFlagsServiceClient,
 };
-use maxai_testkit::{backends, serve_grpc, Backend, Running};
-use tonic::{transport::Channel, Code};
+use maxai_testkit::{authed, backends, serve_grpc, Authed, Backend, Running, TestIam};
+use tonic::Code;
 use tonic_types::StatusExt;
 
-type Client = FeatureFlagsServiceClient<Channel>;
+type Client = FeatureFlagsServiceClient<Authed>;
 
 /// One flags replica on `backend`, sharing `shared` (memory) or its own Redis connection.
 async fn replica(backend: &Backend, shared: &SharedState) -> (Running, Client) {
@@ -28,16 +28,16 @@ async fn replica(backend: &Backend, shared: &SharedState) -> (Running, Client) {
     )
     .await
     .expect("start flags");
+    let iam = TestIam::start(backend).await;
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(server);
     let running = serve_grpc(GrpcApp {
         routes: routes.routes(),
         service_names: vec![SERVICE_NAME.into()],
+        guard: iam.layer(),
     })
     .await;
-    let client = FeatureFlagsServiceClient::connect(running.url())
-        .await
-        .expect("connect");
+    let client = FeatureFlagsServiceClient::new(authed(&running.url(), &iam.admin()).await);
     (running, client)
 }
 

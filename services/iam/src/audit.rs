@@ -24,31 +24,100 @@ pub struct AuditLog {
     store: Arc<dyn AuditStore>,
 }
 
-impl AuditLog {
-    pub fn new(store: Arc<dyn AuditStore>) -> Self {
-        AuditLog { store }
-    }
+/// What happened, for [`AuditLog::refused`].
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    pub action: &'a str,
+    pub permission: &'a str,
+    pub resource: &'a str,
+    pub outcome: Outcome,
+    pub reason: &'a str,
+}
 
-    /// Records a successful change; `md` is the request's metadata, `action` the RPC's name.
-    pub async fn changed(
-        &self,
-        md: &tonic::metadata::MetadataMap,
-        tenant_id: &str,
-        action: &str,
-        permission: &str,
-        resource: &str,
-        details: serde_json::Value,
-    ) {
+/// Who made a request, as the audit trail records it.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The verified principal, or "anonymous" on public methods.
+    pub actor: String,
+    pub request_id: String,
+    pub ip_address: String,
+    pub user_agent: String,
+}
+
+impl Caller {
+    pub fn of<T>(request: &tonic::Request<T>) -> Self {
+        let md = request.metadata();
         let text = |k: &str| {
             md.get(k)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_owned()
         };
+        Caller {
+            actor: request
+                .extensions()
+                .get::<maxai_kit::auth::Principal>()
+                .map_or_else(|| "anonymous".to_owned(), |p| p.subject.clone()),
+            request_id: text(CORRELATION_HEADER),
+            ip_address: text("x-forwarded-for"),
+            user_agent: text("user-agent"),
+        }
+    }
+}
+
+impl AuditLog {
+    pub fn new(store: Arc<dyn AuditStore>) -> Self {
+        AuditLog { store }
+    }
+
+    /// Records a successful change made by `caller`; `action` is the RPC's name.
+    pub async fn changed(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        action: &str,
+        permission: &str,
+        resource: &str,
+        details: serde_json::Value,
+    ) {
+        let event = Event {
+            action,
+            permission,
+            resource,
+            outcome: Outcome::Succeeded,
+            reason: "",
+        };
+        self.record(caller, tenant_id, &event, details).await
+    }
+
+    /// Records a refused or failed attempt (a failed sign-in, a reused refresh token).
+    pub async fn refused(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        event: &Event<'_>,
+        details: serde_json::Value,
+    ) {
+        self.record(caller, tenant_id, event, details).await
+    }
+
+    async fn record(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        event: &Event<'_>,
+        details: serde_json::Value,
+    ) {
+        let Event {
+            action,
+            permission,
+            resource,
+            outcome,
+            reason,
+        } = *event;
         let client = resource.split('/').take(4).collect::<Vec<_>>();
         let record = AuditRecord {
-            // Until credentials are enforced the caller has no identity.
-            actor: "anonymous".into(),
+            actor: caller.actor.clone(),
             action: action.into(),
             permission: permission.into(),
             resource: resource.into(),
@@ -57,12 +126,17 @@ impl AuditLog {
             } else {
                 String::new()
             },
-            outcome: Outcome::Succeeded.as_str().into(),
-            status_code: "OK".into(),
-            reason: String::new(),
-            request_id: text(CORRELATION_HEADER),
-            ip_address: text("x-forwarded-for"),
-            user_agent: text("user-agent"),
+            outcome: outcome.as_str().into(),
+            status_code: match outcome {
+                Outcome::Succeeded => "OK",
+                Outcome::Denied => "UNAUTHENTICATED",
+                Outcome::Failed => "FAILED_PRECONDITION",
+            }
+            .into(),
+            reason: reason.into(),
+            request_id: caller.request_id.clone(),
+            ip_address: caller.ip_address.clone(),
+            user_agent: caller.user_agent.clone(),
             details: details.to_string(),
         };
         if let Err(e) = self.store.append(tenant_id, now_micros(), &record).await {

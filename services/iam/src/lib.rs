@@ -5,8 +5,9 @@
 //! (read from the contracts) and role assignments scoped to a tenant or one client; and the
 //! policy engine answering Authorize / BatchAuthorize with a reason, cached and invalidated on
 //! every role or assignment change; and the audit trail: every change above is appended to the
-//! tenant's hash chain, listed, verified and purged by `AuditService`. Tokens, SSO and
-//! enforcement across the mesh are the rest of the IAM issue and are not served yet.
+//! tenant's hash chain, listed, verified and purged by `AuditService`; Google sign-in with
+//! hosted-domain binding, access tokens (signing keys encrypted at rest, rotated, published as
+//! JWKS), refresh tokens with reuse detection and API-key exchange (`AuthService`).
 //!
 //! | module | job |
 //! | --- | --- |
@@ -15,6 +16,8 @@
 //! | [`convert`] | proto ⇄ domain |
 //! | [`policy`] | the policy engine and its decision cache |
 //! | [`audit`] | recording to the audit chain, and `AuditService` |
+//! | [`sessions`] | refresh-token families: rotation and reuse detection |
+//! | [`sso`] | Google sign-in (OIDC code + PKCE) and hosted-domain bindings |
 //! | [`tokens`] | signing keys (encrypted at rest, rotated), access-token issue and verify |
 //! | [`api`] | the tonic services |
 #![forbid(unsafe_code)]
@@ -25,6 +28,8 @@ pub mod config;
 pub mod convert;
 pub mod domain;
 pub mod policy;
+pub mod sessions;
+pub mod sso;
 pub mod store;
 pub mod tokens;
 
@@ -37,16 +42,19 @@ use maxai_kit::{
     CancellationToken,
 };
 use maxai_proto::maxai::iam::v1::{
-    audit_service_server::AuditServiceServer,
+    audit_service_server::AuditServiceServer, auth_service_server::AuthServiceServer,
     authorization_service_server::AuthorizationServiceServer,
     client_service_server::ClientServiceServer, role_service_server::RoleServiceServer,
     service_account_service_server::ServiceAccountServiceServer,
-    tenant_service_server::TenantServiceServer, user_service_server::UserServiceServer,
+    sso_domain_service_server::SsoDomainServiceServer, tenant_service_server::TenantServiceServer,
+    user_service_server::UserServiceServer,
 };
 use sqlx::migrate::Migrator;
 
 /// gRPC services this crate serves, for health, reflection and the gateway.
-pub const SERVICE_NAMES: [&str; 7] = [
+pub const SERVICE_NAMES: [&str; 9] = [
+    "maxai.iam.v1.AuthService",
+    "maxai.iam.v1.SsoDomainService",
     "maxai.iam.v1.TenantService",
     "maxai.iam.v1.ClientService",
     "maxai.iam.v1.RoleService",
@@ -75,6 +83,12 @@ pub struct Servers {
     pub audit: AuditServiceServer<audit::AuditApi>,
     pub users: UserServiceServer<api::UsersApi>,
     pub accounts: ServiceAccountServiceServer<api::AccountsApi>,
+    pub auth: AuthServiceServer<api::AuthApi>,
+    pub sso_domains: SsoDomainServiceServer<api::SsoDomainsApi>,
+    /// The signing keys, for verifying tokens in this process.
+    pub key_ring: Arc<tokens::KeyRing>,
+    /// The policy engine, for authorizing calls in this process.
+    pub policy: Arc<policy::PolicyEngine>,
 }
 
 impl Servers {
@@ -87,6 +101,8 @@ impl Servers {
         routes.add_service(self.audit);
         routes.add_service(self.users);
         routes.add_service(self.accounts);
+        routes.add_service(self.auth);
+        routes.add_service(self.sso_domains);
     }
 }
 
@@ -168,7 +184,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Servers> {
     let db = storage::connect(storage_config, STORAGE_NAME, &MIGRATIONS).await?;
-    let sql = Arc::new(store::SqlIamStore::new(db));
+    let key_ring = Arc::new(open_key_ring(db.clone(), storage_config, config).await?);
+    let sql = Arc::new(store::SqlIamStore::new(db.clone()));
     if config.bootstrap_admin {
         bootstrap_platform_admin(&sql).await?;
     }
@@ -176,16 +193,41 @@ pub async fn start(
     let access: Arc<dyn store::AccessStore> = sql.clone();
     let policy =
         policy::PolicyEngine::start(access.clone(), shared.notifier.clone(), shutdown).await?;
+    let users_store: Arc<dyn store::UserStore> = sql.clone();
     let audit_store: Arc<dyn store::AuditStore> = sql.clone();
     let audit = Arc::new(audit::AuditLog::new(audit_store.clone()));
     let accounts_store: Arc<dyn store::AccountStore> = sql.clone();
+    let google = Arc::new(sso::GoogleSignIn::new(
+        config.google.clone(),
+        db.clone(),
+        users_store.clone(),
+        access.clone(),
+    ));
+    let refresh = Arc::new(sessions::RefreshTokens::new(
+        db.clone(),
+        std::time::Duration::from_secs(config.refresh_token_ttl_secs.max(60)),
+    ));
+    let auth_api = Arc::new(api::AuthApi::new(
+        key_ring.clone(),
+        refresh,
+        accounts_store.clone(),
+        tenancy.clone(),
+        audit.clone(),
+        shared.notifier.clone(),
+        google,
+    ));
+    let sso_api = Arc::new(api::SsoDomainsApi::new(
+        db,
+        tenancy.clone(),
+        audit.clone(),
+        config.google.domain_verification_url.clone(),
+    ));
     let accounts_api = Arc::new(api::AccountsApi::new(
         tenancy.clone(),
         accounts_store,
         policy.clone(),
         audit.clone(),
     ));
-    let users_store: Arc<dyn store::UserStore> = sql.clone();
     let users_api = Arc::new(api::UsersApi::new(
         tenancy.clone(),
         users_store,
@@ -195,7 +237,7 @@ pub async fn start(
     let access_api = Arc::new(api::AccessApi::new(
         tenancy.clone(),
         access,
-        policy,
+        policy.clone(),
         audit.clone(),
     ));
     let audit_api = Arc::new(audit::AuditApi::new(audit_store, tenancy.clone()));
@@ -222,6 +264,14 @@ pub async fn start(
         accounts: ServiceAccountServiceServer::from_arc(accounts_api)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
+        auth: AuthServiceServer::from_arc(auth_api)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+        sso_domains: SsoDomainServiceServer::from_arc(sso_api)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+        key_ring,
+        policy,
     })
 }
 
@@ -243,6 +293,14 @@ pub async fn key_ring(
     config: &config::IamConfig,
 ) -> anyhow::Result<tokens::KeyRing> {
     let db = storage::connect(storage, STORAGE_NAME, &MIGRATIONS).await?;
+    open_key_ring(db, storage, config).await
+}
+
+async fn open_key_ring(
+    db: storage::Db,
+    storage: &StorageConfig,
+    config: &config::IamConfig,
+) -> anyhow::Result<tokens::KeyRing> {
     let dir = embedded_dir(storage);
     let master = tokens::MasterKey::from_config(
         &config.master_key,

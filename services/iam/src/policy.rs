@@ -13,8 +13,7 @@ use crate::{
     store::AccessStore,
 };
 
-/// Notifier channel announcing a role or assignment change.
-pub const POLICY_CHANNEL: &str = "iam.policy.changed";
+pub use maxai_kit::auth::POLICY_CHANNEL;
 /// Cached decisions at most; past it the cache starts over (bounded, and cheap to refill).
 const CACHE_CAPACITY: usize = 100_000;
 
@@ -115,5 +114,22 @@ impl PolicyEngine {
             cache.insert(key, decision.clone());
         }
         Ok(decision)
+    }
+}
+
+#[async_trait::async_trait]
+impl maxai_kit::auth::Authorizer for PolicyEngine {
+    async fn authorize(
+        &self,
+        caller: &maxai_kit::auth::Principal,
+        _credential: &str,
+        permission: &str,
+        resource: &str,
+    ) -> Result<maxai_kit::auth::Verdict> {
+        let d = self.check(&caller.subject, permission, resource).await?;
+        Ok(maxai_kit::auth::Verdict {
+            allowed: d.allowed,
+            reason: d.reason,
+        })
     }
 }

@@ -16,25 +16,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use maxai_kit::{on_db, storage::now_micros, storage::Db, Error, ErrorKind, Result};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 
-/// Claims of an access token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccessClaims {
-    pub iss: String,
-    /// The principal: `tenants/{t}/users/{u}` or `tenants/{t}/serviceAccounts/{s}`.
-    pub sub: String,
-    pub aud: String,
-    /// Tenant id of the principal.
-    pub tid: String,
-    pub iat: i64,
-    pub nbf: i64,
-    pub exp: i64,
-    pub jti: String,
-}
-
-/// Audience of every access token this platform issues.
-pub const AUDIENCE: &str = "maxai-api";
+pub use maxai_kit::auth::{Claims as AccessClaims, AUDIENCE};
 
 /// The AES-256-GCM master key, from config or (embedded default) a key file made on first use.
 pub struct MasterKey(Key<Aes256Gcm>);
@@ -186,6 +169,9 @@ fn pkcs8_ed25519(seed: &[u8; 32]) -> Vec<u8> {
     der
 }
 
+/// kid, state, public key, created, rotated, retire-at.
+type PublicRow = (String, String, String, i64, Option<i64>, Option<i64>);
+
 type KeyRow = (
     String,
     String,
@@ -330,6 +316,37 @@ impl KeyRing {
         })
     }
 
+    /// Every key with its state, retired ones too when asked (no private material).
+    pub async fn all(&self, include_retired: bool) -> Result<Vec<PublicKey>> {
+        self.reload().await?;
+        let rows: Vec<PublicRow> = on_db!(&self.db, |pool| {
+            sqlx::query_as(
+                    "SELECT kid, state, public_key, created_at_us, rotated_at_us, retire_at_us FROM signing_keys \
+                     WHERE state <> 'retired' OR $1",
+                )
+                .bind(include_retired)
+                .fetch_all(pool)
+                .await
+        })?;
+        rows.into_iter()
+            .map(
+                |(kid, state, x, created_at_us, rotated_at_us, retire_at_us)| {
+                    let state = KeyState::parse(&state).ok_or_else(|| {
+                        Error::internal(anyhow::anyhow!("key {kid} has an unknown state"))
+                    })?;
+                    Ok(PublicKey {
+                        kid,
+                        state,
+                        x,
+                        created_at_us,
+                        rotated_at_us,
+                        retire_at_us,
+                    })
+                },
+            )
+            .collect()
+    }
+
     /// Keys published in the JWKS: the active one and those still in their overlap window.
     pub fn published(&self) -> Vec<PublicKey> {
         self.keys
@@ -396,6 +413,28 @@ impl KeyRing {
         jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &validation)
             .map(|d| d.claims)
             .map_err(|_| unauthenticated())
+    }
+}
+
+/// The JWK form of a published key.
+pub fn jwk(key: &PublicKey) -> maxai_proto::maxai::iam::v1::Jwk {
+    maxai_proto::maxai::iam::v1::Jwk {
+        kty: "OKP".into(),
+        kid: key.kid.clone(),
+        alg: "EdDSA".into(),
+        key_use: "sig".into(),
+        crv: "Ed25519".into(),
+        x: key.x.clone(),
+        ..Default::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl maxai_kit::auth::KeySource for KeyRing {
+    async fn jwks(&self) -> Result<Vec<maxai_proto::maxai::iam::v1::Jwk>> {
+        // Another replica may have rotated: read storage, not only this process's copy.
+        self.reload().await?;
+        Ok(self.published().iter().map(jwk).collect())
     }
 }
 

@@ -1,6 +1,5 @@
 //! IAM tenancy over real gRPC and REST, on SQLite and (when reachable, always in CI) PostgreSQL.
 use maxai_iam::{
-    start,
     store::{conformance, SqlIamStore},
     MIGRATIONS, SERVICE_NAMES, STORAGE_NAME,
 };
@@ -9,40 +8,45 @@ use maxai_proto::maxai::iam::v1::{
     self as pb, client_service_client::ClientServiceClient,
     tenant_service_client::TenantServiceClient,
 };
-use maxai_testkit::{backends, serve_gateway, serve_grpc, Backend, Running};
+use maxai_testkit::{
+    authed, backends, serve_gateway, serve_grpc, Authed, Backend, Running, TestIam,
+};
 use serde_json::{json, Value};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-async fn serve(backend: &Backend) -> Running {
-    let shared = maxai_kit::shared_state::SharedState::connect(&backend.storage)
-        .await
-        .expect("shared");
-    let servers = start(
-        &backend.storage,
-        &test_config(),
-        &shared,
-        4 << 20,
-        maxai_kit::CancellationToken::new(),
-    )
-    .await
-    .expect("start iam");
-    let mut routes = tonic::service::RoutesBuilder::default();
-    servers.add_to(&mut routes);
-    serve_grpc(GrpcApp {
-        routes: routes.routes(),
-        service_names: SERVICE_NAMES.map(String::from).to_vec(),
-    })
-    .await
+/// IAM served over gRPC behind its own guard.
+struct Server {
+    running: Running,
+    iam: TestIam,
 }
 
-fn test_config() -> maxai_iam::config::IamConfig {
-    maxai_iam::config::IamConfig {
-        master_key: secrecy::SecretString::from(String::new()),
-        issuer: "maxai".into(),
-        access_token_ttl_secs: 900,
-        bootstrap_admin: false,
+impl Server {
+    fn url(&self) -> String {
+        self.running.url()
     }
+    /// A channel whose calls carry the bootstrap platform admin's token.
+    async fn admin(&self) -> Authed {
+        authed(&self.url(), &self.iam.admin()).await
+    }
+    /// A channel whose calls carry `subject`'s token.
+    #[allow(dead_code)]
+    async fn as_principal(&self, subject: &str) -> Authed {
+        authed(&self.url(), &self.iam.token(subject)).await
+    }
+}
+
+async fn serve(backend: &Backend) -> Server {
+    let mut iam = TestIam::start(backend).await;
+    let mut routes = tonic::service::RoutesBuilder::default();
+    iam.take_servers().add_to(&mut routes);
+    let running = serve_grpc(GrpcApp {
+        routes: routes.routes(),
+        service_names: SERVICE_NAMES.map(String::from).to_vec(),
+        guard: iam.layer(),
+    })
+    .await;
+    Server { running, iam }
 }
 
 fn fields(status: &tonic::Status) -> Vec<String> {
@@ -76,12 +80,8 @@ async fn store_conformance_on_every_backend() {
 async fn tenants_and_clients_over_grpc() {
     for backend in backends().await {
         let server = serve(&backend).await;
-        let mut tenants = TenantServiceClient::connect(server.url())
-            .await
-            .expect("connect");
-        let mut clients = ClientServiceClient::connect(server.url())
-            .await
-            .expect("connect");
+        let mut tenants = TenantServiceClient::new(server.admin().await);
+        let mut clients = ClientServiceClient::new(server.admin().await);
 
         let bad = tenants
             .create_tenant(pb::CreateTenantRequest {
@@ -114,7 +114,9 @@ async fn tenants_and_clients_over_grpc() {
             .await
             .expect("list")
             .into_inner();
-        assert!(empty.tenants.is_empty(), "refused create stored nothing");
+        // Only the operator's own tenant (bootstrapped) is there.
+        let names: Vec<_> = empty.tenants.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["tenants/platform"], "refused create stored nothing");
 
         let t = tenants
             .create_tenant(pb::CreateTenantRequest {
@@ -227,7 +229,12 @@ async fn tenants_and_clients_over_grpc() {
             .await
             .expect("list")
             .into_inner();
-        assert!(listed.tenants.is_empty());
+        let names: Vec<_> = listed.tenants.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["tenants/platform"],
+            "deleted tenants are not listed"
+        );
         let refused = clients
             .create_client(pb::CreateClientRequest {
                 parent: "tenants/acme".into(),
@@ -251,8 +258,24 @@ async fn tenants_and_clients_over_grpc() {
 async fn tenancy_over_rest() {
     let backend = maxai_testkit::sqlite();
     let grpc = serve(&backend).await;
-    let rest = serve_gateway(&grpc, SERVICE_NAMES.map(String::from).to_vec()).await;
-    let http = reqwest::Client::new();
+    let rest = serve_gateway(
+        &grpc.running,
+        SERVICE_NAMES.map(String::from).to_vec(),
+        &grpc.iam,
+    )
+    .await;
+    let admin = grpc.iam.admin();
+    let http = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {admin}").parse().expect("header"),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .expect("client");
     let url = |p: &str| format!("{}{p}", rest.url());
     let created: Value = http
         .post(url("/v1/tenants?tenantId=acme"))
@@ -291,7 +314,7 @@ async fn tenancy_over_rest() {
         .expect("send");
     assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
 
-    maxai_testkit::assert_every_rpc_reachable(&rest, &SERVICE_NAMES).await;
+    maxai_testkit::assert_every_rpc_reachable(&rest, &SERVICE_NAMES, &admin).await;
 }
 
 mod access {
@@ -301,10 +324,8 @@ mod access {
         role_service_client::RoleServiceClient,
     };
 
-    async fn tenant_and_client(server: &Running, tenant_id: &str) {
-        let mut t = TenantServiceClient::connect(server.url())
-            .await
-            .expect("connect");
+    async fn tenant_and_client(server: &Server, tenant_id: &str) {
+        let mut t = TenantServiceClient::new(server.admin().await);
         t.create_tenant(pb::CreateTenantRequest {
             tenant: Some(tenant("T")),
             tenant_id: tenant_id.into(),
@@ -312,9 +333,7 @@ mod access {
         })
         .await
         .expect("tenant");
-        let mut c = ClientServiceClient::connect(server.url())
-            .await
-            .expect("connect");
+        let mut c = ClientServiceClient::new(server.admin().await);
         c.create_client(pb::CreateClientRequest {
             parent: format!("tenants/{tenant_id}"),
             client: Some(pb::Client {
@@ -340,7 +359,7 @@ mod access {
     }
 
     async fn allowed(
-        a: &mut AuthorizationServiceClient<tonic::transport::Channel>,
+        a: &mut AuthorizationServiceClient<Authed>,
         subject: &str,
         permission: &str,
         resource: &str,
@@ -362,12 +381,8 @@ mod access {
             let server = serve(&backend).await;
             tenant_and_client(&server, "acme").await;
             tenant_and_client(&server, "beta").await;
-            let mut roles = RoleServiceClient::connect(server.url())
-                .await
-                .expect("connect");
-            let mut authz = AuthorizationServiceClient::connect(server.url())
-                .await
-                .expect("connect");
+            let mut roles = RoleServiceClient::new(server.admin().await);
+            let mut authz = AuthorizationServiceClient::new(server.admin().await);
 
             let admin = roles
                 .create_role_assignment(pb::CreateRoleAssignmentRequest {
@@ -568,9 +583,7 @@ mod access {
     async fn built_in_roles_and_permissions_are_listed() {
         let backend = maxai_testkit::sqlite();
         let server = serve(&backend).await;
-        let mut roles = RoleServiceClient::connect(server.url())
-            .await
-            .expect("connect");
+        let mut roles = RoleServiceClient::new(server.admin().await);
         let built_in = roles
             .list_roles(pb::ListRolesRequest::default())
             .await
@@ -634,10 +647,8 @@ mod access {
         let a = serve(&backend).await;
         let b = serve(&backend).await;
         tenant_and_client(&a, "acme").await;
-        let mut roles = RoleServiceClient::connect(a.url()).await.expect("connect");
-        let mut authz_b = AuthorizationServiceClient::connect(b.url())
-            .await
-            .expect("connect");
+        let mut roles = RoleServiceClient::new(a.admin().await);
+        let mut authz_b = AuthorizationServiceClient::new(b.admin().await);
         let grant = roles
             .create_role_assignment(pb::CreateRoleAssignmentRequest {
                 parent: "tenants/acme".into(),
@@ -730,9 +741,7 @@ mod audit_trail {
                 store.append("acme", old + i, &r).await.expect("append");
             }
             let server = serve(&backend).await;
-            let mut tenants = TenantServiceClient::connect(server.url())
-                .await
-                .expect("connect");
+            let mut tenants = TenantServiceClient::new(server.admin().await);
             let mut req = tonic::Request::new(pb::CreateTenantRequest {
                 tenant: Some(tenant("Acme")),
                 tenant_id: "acme".into(),
@@ -741,9 +750,7 @@ mod audit_trail {
             req.metadata_mut()
                 .insert("x-correlation-id", "corr-42".parse().expect("metadata"));
             tenants.create_tenant(req).await.expect("tenant");
-            let mut clients = ClientServiceClient::connect(server.url())
-                .await
-                .expect("connect");
+            let mut clients = ClientServiceClient::new(server.admin().await);
             clients
                 .create_client(pb::CreateClientRequest {
                     parent: "tenants/acme".into(),
@@ -758,9 +765,7 @@ mod audit_trail {
                 .await
                 .expect("client");
 
-            let mut audit = AuditServiceClient::connect(server.url())
-                .await
-                .expect("connect");
+            let mut audit = AuditServiceClient::new(server.admin().await);
             let listed = audit
                 .list_audit_entries(pb::ListAuditEntriesRequest {
                     parent: "tenants/acme".into(),
@@ -814,7 +819,7 @@ mod audit_trail {
                 "a resource filter matches names, not text prefixes"
             );
 
-            let verify = |audit: &mut AuditServiceClient<tonic::transport::Channel>| {
+            let verify = |audit: &mut AuditServiceClient<Authed>| {
                 let mut a = audit.clone();
                 async move {
                     a.verify_audit_chain(pb::VerifyAuditChainRequest {
@@ -881,9 +886,7 @@ mod people {
     async fn users_are_invited_listed_suspended_and_deleted_with_their_grants() {
         for backend in backends().await {
             let server = serve(&backend).await;
-            let mut tenants = TenantServiceClient::connect(server.url())
-                .await
-                .expect("connect");
+            let mut tenants = TenantServiceClient::new(server.admin().await);
             tenants
                 .create_tenant(pb::CreateTenantRequest {
                     tenant: Some(tenant("Acme")),
@@ -892,9 +895,7 @@ mod people {
                 })
                 .await
                 .expect("tenant");
-            let mut users = UserServiceClient::connect(server.url())
-                .await
-                .expect("connect");
+            let mut users = UserServiceClient::new(server.admin().await);
             let invite = |email: &str, id: &str| pb::CreateUserRequest {
                 parent: "tenants/acme".into(),
                 user: Some(pb::User {
@@ -986,9 +987,7 @@ mod people {
             assert_eq!(suspended.state, pb::UserState::Suspended as i32);
 
             // Deleting a user takes their grants with them.
-            let mut roles = RoleServiceClient::connect(server.url())
-                .await
-                .expect("connect");
+            let mut roles = RoleServiceClient::new(server.admin().await);
             roles
                 .create_role_assignment(pb::CreateRoleAssignmentRequest {
                     parent: "tenants/acme".into(),
@@ -1002,9 +1001,7 @@ mod people {
                 })
                 .await
                 .expect("assign");
-            let mut authz = AuthorizationServiceClient::connect(server.url())
-                .await
-                .expect("connect");
+            let mut authz = AuthorizationServiceClient::new(server.admin().await);
             let ask = || pb::AuthorizeRequest {
                 check: Some(pb::AuthorizationCheck {
                     subject: generated.name.clone(),
@@ -1064,7 +1061,7 @@ mod access_tokens {
             master_key: SecretString::from(master_key.to_owned()),
             issuer: "maxai".into(),
             access_token_ttl_secs: 900,
-            bootstrap_admin: false,
+            ..maxai_testkit::iam_config()
         }
     }
 
@@ -1206,9 +1203,7 @@ mod machines {
     async fn service_accounts_and_api_keys() {
         for backend in backends().await {
             let server = serve(&backend).await;
-            let mut tenants = TenantServiceClient::connect(server.url())
-                .await
-                .expect("connect");
+            let mut tenants = TenantServiceClient::new(server.admin().await);
             tenants
                 .create_tenant(pb::CreateTenantRequest {
                     tenant: Some(tenant("Acme")),
@@ -1217,9 +1212,7 @@ mod machines {
                 })
                 .await
                 .expect("tenant");
-            let mut sa = ServiceAccountServiceClient::connect(server.url())
-                .await
-                .expect("connect");
+            let mut sa = ServiceAccountServiceClient::new(server.admin().await);
             let account = sa
                 .create_service_account(pb::CreateServiceAccountRequest {
                     parent: "tenants/acme".into(),

@@ -37,6 +37,21 @@ pub fn auth_rule(method: &MethodDescriptor) -> Option<AuthRule> {
     extension(method, "maxai.api.v1.auth")
 }
 
+/// The response field the REST gateway redirects to (`(maxai.api.v1.http_redirect)`).
+pub fn http_redirect(method: &MethodDescriptor) -> Option<String> {
+    let ext = method
+        .parent_pool()
+        .get_extension_by_name("maxai.api.v1.http_redirect")?;
+    let options = method.options();
+    if !options.has_extension(&ext) {
+        return None;
+    }
+    match options.get_extension(&ext).as_ref() {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
 /// The leading comment of the element at `path` in `file` (from the source info the build
 /// keeps), trimmed; `None` when there is none.
 pub fn comment(file: &prost_reflect::FileDescriptor, path: &[i32]) -> Option<String> {

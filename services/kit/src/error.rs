@@ -164,6 +164,11 @@ impl Error {
         e.source = Some(source.into());
         e
     }
+    /// Keeps `source` as the logged cause (never sent to the caller).
+    pub fn with_source(mut self, source: impl Into<anyhow::Error>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
     pub fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
         self

@@ -2,6 +2,7 @@
 //!
 //! | module | job |
 //! | --- | --- |
+//! | [`auth`] | access-token verification, the per-RPC guard (authn + authz) and its tower layer |
 //! | [`config`] | typed config: embedded defaults → file → `MAXAI_…` env, unknown keys rejected |
 //! | [`telemetry`] | JSON logs via tracing, correlation ids |
 //! | [`error`] | one [`error::ErrorKind`] list mapped to gRPC codes (rich details) and HTTP |
@@ -12,15 +13,18 @@
 //! | [`descriptors`] | the contracts' descriptor pool and their `http` / `auth` options |
 //! | [`dynamic`] | JSON ⇄ protobuf calls to any RPC through the descriptor pool |
 //! | [`paging`] | AIP-158 page sizes and tokens |
+//! | [`rate_limit`] | GCRA rate limiting: Redis script or memory |
 //! | [`resource`] | etags, timestamps, field masks, request ids, resource ids |
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod descriptors;
 pub mod dynamic;
 pub mod error;
 pub mod metrics;
 pub mod paging;
+pub mod rate_limit;
 pub mod resource;
 pub mod server;
 pub mod shared_state;

@@ -17,6 +17,9 @@ pub struct GrpcApp {
     /// Full names of the services in `routes` (e.g. `maxai.flags.v1.FeatureFlagsService`):
     /// each gets a health status and is listed by reflection.
     pub service_names: Vec<String>,
+    /// Authenticates and authorizes every call to the contracts' methods; there is no
+    /// unguarded server.
+    pub guard: crate::auth::GuardLayer,
 }
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then reports NOT_SERVING for every
@@ -52,6 +55,7 @@ pub async fn serve_grpc(
         .add_service(reflection);
     tonic::transport::Server::builder()
         .layer(GrpcTelemetryLayer)
+        .layer(app.guard)
         .add_routes(routes)
         // A listener handed in loses tonic's own TCP_NODELAY default; without it, responses
         // larger than a segment wait ~40 ms on delayed ACKs.

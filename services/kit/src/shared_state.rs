@@ -1,5 +1,5 @@
-//! Cache and cross-replica notifications: Redis (fred) in production, in-process memory in the
-//! embedded default. Durable state never lives only here.
+//! Cache, cross-replica notifications and rate limiting: Redis (fred) in production, in-process
+//! memory in the embedded default. Durable state never lives only here.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -17,7 +17,10 @@ use fred::{
 use secrecy::ExposeSecret;
 use tokio::sync::broadcast;
 
-use crate::config::StorageConfig;
+use crate::{
+    config::StorageConfig,
+    rate_limit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter},
+};
 
 /// Publish/subscribe of small messages between replicas (invalidations, wake-ups).
 #[async_trait]
@@ -35,19 +38,27 @@ pub trait Cache: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> anyhow::Result<()>;
 }
 
-/// The cache and notifier a process uses.
+/// Keys the memory cache and the memory rate limiter each hold at most.
+const MEMORY_CAPACITY: usize = 100_000;
+
+/// Redis keys of rate-limit buckets, after the configured prefix.
+const RATE_LIMIT_PREFIX: &str = "ratelimit:";
+
+/// The cache, notifier and rate limiter a process uses.
 #[derive(Clone)]
 pub struct SharedState {
     pub cache: Arc<dyn Cache>,
     pub notifier: Arc<dyn Notifier>,
+    pub limiter: Arc<dyn RateLimiter>,
     pub backend: &'static str,
 }
 
 impl SharedState {
     pub fn memory() -> Self {
         SharedState {
-            cache: Arc::new(MemoryCache::new(100_000)),
+            cache: Arc::new(MemoryCache::new(MEMORY_CAPACITY)),
             notifier: Arc::new(MemoryNotifier::default()),
+            limiter: Arc::new(MemoryRateLimiter::new(MEMORY_CAPACITY)),
             backend: "memory",
         }
     }
@@ -59,9 +70,14 @@ impl SharedState {
             return Ok(Self::memory());
         }
         let redis = Arc::new(Redis::connect(url, &cfg.redis_prefix).await?);
+        let limiter = RedisRateLimiter::new(
+            redis.client.clone(),
+            &format!("{}{RATE_LIMIT_PREFIX}", cfg.redis_prefix),
+        );
         Ok(SharedState {
             cache: redis.clone(),
             notifier: redis,
+            limiter: Arc::new(limiter),
             backend: "redis",
         })
     }

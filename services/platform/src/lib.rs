@@ -8,6 +8,7 @@ use std::{net::SocketAddr, time::Instant};
 
 use anyhow::Context;
 use maxai_kit::{
+    auth::{GrpcKeySource, Guard, GuardLayer, RemoteAuthorizer, Verifier},
     server::{serve_grpc, serve_http, GrpcApp},
     shared_state::SharedState,
     storage, CancellationToken,
@@ -55,8 +56,7 @@ impl Component {
 }
 
 /// Services whose contracts are published but whose implementation is still to come.
-pub const PLANNED: [&str; 6] = [
-    "iam",
+pub const PLANNED: [&str; 5] = [
     "prompt",
     "webhook-ingress",
     "orchestrator",
@@ -136,8 +136,9 @@ pub async fn run(
         routes.add_service(flags);
         names.push(maxai_feature_flags::SERVICE_NAME.to_owned());
     }
+    let mut in_process = None;
     if components.contains(&Component::Iam) {
-        maxai_iam::start(
+        let iam = maxai_iam::start(
             &config.storage,
             &config.iam,
             &shared,
@@ -145,15 +146,18 @@ pub async fn run(
             shutdown.clone(),
         )
         .await
-        .context("iam")?
-        .add_to(&mut routes);
+        .context("iam")?;
+        in_process = Some((iam.key_ring.clone(), iam.policy.clone()));
+        iam.add_to(&mut routes);
         names.extend(maxai_iam::SERVICE_NAMES.map(String::from));
     }
+    let guard = guard(&config, &shared, in_process, shutdown.clone()).await?;
     if !names.is_empty() {
         listeners.grpc = Some(sockets.grpc.local_addr()?);
         let app = GrpcApp {
             routes: routes.routes(),
             service_names: names,
+            guard: GuardLayer::new(guard.clone(), config.server.max_message_bytes),
         };
         let (token, drain) = (shutdown.clone(), config.server.drain());
         tasks.spawn(async move {
@@ -174,6 +178,7 @@ pub async fn run(
             &upstream,
             routed_services(),
             config.server.max_message_bytes,
+            guard.clone(),
         )?;
         listeners.http = Some(sockets.http.local_addr()?);
         let token = shutdown.clone();
@@ -205,6 +210,53 @@ pub async fn run(
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+type InProcessIam = (
+    std::sync::Arc<maxai_iam::tokens::KeyRing>,
+    std::sync::Arc<maxai_iam::policy::PolicyEngine>,
+);
+
+/// The guard of this process: IAM's key ring and policy engine when IAM runs here, else IAM's
+/// JWKS and AuthorizationService over gRPC (at the address the gateway uses for IAM).
+async fn guard(
+    config: &PlatformConfig,
+    shared: &SharedState,
+    in_process: Option<InProcessIam>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::sync::Arc<Guard>> {
+    let (source, authorizer): (
+        std::sync::Arc<dyn maxai_kit::auth::KeySource>,
+        std::sync::Arc<dyn maxai_kit::auth::Authorizer>,
+    ) = match in_process {
+        Some((keys, policy)) => (keys, policy),
+        None => {
+            let url = config
+                .gateway
+                .upstreams
+                .iter()
+                .filter(|(prefix, _)| "maxai.iam.v1.AuthService".starts_with(prefix.as_str()))
+                .max_by_key(|(prefix, _)| prefix.len())
+                .map(|(_, url)| url.clone())
+                .unwrap_or_else(|| config.upstream());
+            let channel = tonic::transport::Channel::from_shared(url.clone())
+                .with_context(|| format!("IAM address {url}"))?
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .connect_lazy();
+            let authorizer = RemoteAuthorizer::start(
+                channel.clone(),
+                shared.notifier.as_ref(),
+                shutdown.clone(),
+            )
+            .await?;
+            (std::sync::Arc::new(GrpcKeySource::new(channel)), authorizer)
+        }
+    };
+    let verifier = Verifier::new(config.iam.issuer.clone(), source);
+    verifier
+        .follow_revocations(shared.notifier.as_ref(), shutdown)
+        .await?;
+    Ok(Guard::new(verifier, authorizer))
 }
 
 fn loopback(mut addr: SocketAddr) -> SocketAddr {

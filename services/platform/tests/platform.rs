@@ -231,9 +231,21 @@ async fn flag_service_status(grpc: &str) -> Option<ServingStatus> {
         .map(|r| r.into_inner().status())
 }
 
-async fn create_flag(http: &str, key: &str) -> reqwest::StatusCode {
+/// The bootstrap platform admin's token, minted by `maxai token` from the same key store.
+fn admin_token(env: &[(&str, String)]) -> String {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = maxai(
+        &["token", "--subject", "tenants/platform/users/admin"],
+        &env,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+async fn create_flag(http: &str, key: &str, token: &str) -> reqwest::StatusCode {
     reqwest::Client::new()
         .post(format!("{http}/v1/flags?flagId={key}"))
+        .bearer_auth(token)
         .header("content-type", "application/json")
         .body(r#"{"stage":"STAGE_ALPHA"}"#)
         .send()
@@ -242,8 +254,11 @@ async fn create_flag(http: &str, key: &str) -> reqwest::StatusCode {
         .status()
 }
 
-async fn flag_exists(http: &str, key: &str) -> bool {
-    reqwest::get(format!("{http}/v1/flags/{key}"))
+async fn flag_exists(http: &str, key: &str, token: &str) -> bool {
+    reqwest::Client::new()
+        .get(format!("{http}/v1/flags/{key}"))
+        .bearer_auth(token)
+        .send()
         .await
         .expect("get")
         .status()
@@ -262,7 +277,13 @@ async fn up_serves_everything_and_drains_on_sigterm() {
     let mut p = start(std::slice::from_ref(&data));
     wait_ready(&p).await;
     assert_eq!(
-        create_flag(&p.http, "persisted").await,
+        create_flag(&p.http, "refused", "").await,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "no credential, no call"
+    );
+    let token = admin_token(std::slice::from_ref(&data));
+    assert_eq!(
+        create_flag(&p.http, "persisted", &token).await,
         reqwest::StatusCode::OK
     );
     assert_eq!(
@@ -313,7 +334,7 @@ async fn up_serves_everything_and_drains_on_sigterm() {
     let p2 = start(&[data]);
     wait_ready(&p2).await;
     assert!(
-        flag_exists(&p2.http, "persisted").await,
+        flag_exists(&p2.http, "persisted", &token).await,
         "the flag survived a restart"
     );
     drop(p);
@@ -338,18 +359,26 @@ async fn up_on_postgres_and_redis() {
             "MAXAI_STORAGE__REDIS_PREFIX",
             backend.storage.redis_prefix.clone(),
         ),
+        (
+            "MAXAI_IAM__MASTER_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned(),
+        ),
     ];
     let p = start(&env);
     wait_ready(&p).await;
+    let token = admin_token(&env);
     assert_eq!(
-        create_flag(&p.http, "on-postgres").await,
+        create_flag(&p.http, "on-postgres", &token).await,
         reqwest::StatusCode::OK
     );
     drop(p);
     let p = start(&env);
     wait_ready(&p).await;
-    assert!(flag_exists(&p.http, "on-postgres").await);
-    let body: Value = reqwest::get(format!("{}/v1/flags", p.http))
+    assert!(flag_exists(&p.http, "on-postgres", &token).await);
+    let body: Value = reqwest::Client::new()
+        .get(format!("{}/v1/flags", p.http))
+        .bearer_auth(&token)
+        .send()
         .await
         .expect("list")
         .json()

@@ -4,13 +4,20 @@
 //!   Redis (a fresh key prefix) when they are reachable. Under CI (`CI=true`) an unreachable
 //!   PostgreSQL or Redis fails the test instead of skipping it.
 //! - [`serve_grpc`] / [`serve_gateway`]: real servers on 127.0.0.1 port 0, stopped on drop.
+//! - [`TestIam`]: real IAM on the test's backend (bootstrap platform admin included), the
+//!   guard every test server is put behind, and tokens for any principal; [`Bearer`] sends one
+//!   on every call of a tonic client.
 #![forbid(unsafe_code)]
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use std::sync::Arc;
+
 use maxai_kit::{
+    auth::{Guard, GuardLayer, Verifier},
     config::StorageConfig,
     server::{serve_grpc as kit_serve, GrpcApp},
+    shared_state::SharedState,
     CancellationToken,
 };
 use secrecy::SecretString;
@@ -165,8 +172,8 @@ pub fn gateway_config() -> maxai_gateway::GatewayConfig {
 }
 
 /// The REST gateway for `services` in front of the gRPC server at `grpc`.
-pub async fn serve_gateway(grpc: &Running, services: Vec<String>) -> Running {
-    serve_gateway_with(gateway_config(), &grpc.url(), services).await
+pub async fn serve_gateway(grpc: &Running, services: Vec<String>, iam: &TestIam) -> Running {
+    serve_gateway_with(gateway_config(), &grpc.url(), services, iam).await
 }
 
 /// The REST gateway with its own settings (e.g. per-service upstreams), default upstream `url`.
@@ -174,8 +181,10 @@ pub async fn serve_gateway_with(
     config: maxai_gateway::GatewayConfig,
     url: &str,
     services: Vec<String>,
+    iam: &TestIam,
 ) -> Running {
-    let gw = maxai_gateway::Gateway::new(config, url, services, 4 * 1024 * 1024).expect("gateway");
+    let gw = maxai_gateway::Gateway::new(config, url, services, 4 * 1024 * 1024, iam.guard.clone())
+        .expect("gateway");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
@@ -189,7 +198,7 @@ pub async fn serve_gateway_with(
 /// Asserts that every RPC of `services` with a `google.api.http` rule (every binding of it) is in
 /// the gateway's OpenAPI document and answers over REST from the service itself: the router
 /// neither misses the path nor refuses the method.
-pub async fn assert_every_rpc_reachable(rest: &Running, services: &[&str]) {
+pub async fn assert_every_rpc_reachable(rest: &Running, services: &[&str], token: &str) {
     let http = reqwest::Client::new();
     let doc: serde_json::Value = http
         .get(format!("{}/openapi.json", rest.url()))
@@ -218,6 +227,9 @@ pub async fn assert_every_rpc_reachable(rest: &Running, services: &[&str]) {
                 continue;
             }
             let name = method.full_name();
+            // A public method may refuse a credential it was given (a refresh token, an API
+            // key): that answer comes from the service itself.
+            let public = maxai_kit::descriptors::auth_rule(&method).is_some_and(|r| r.public);
             let ops: Vec<_> = operations
                 .iter()
                 .filter(|(_, _, id)| id == name || id.starts_with(&format!("{name}_")))
@@ -236,7 +248,9 @@ pub async fn assert_every_rpc_reachable(rest: &Running, services: &[&str]) {
                 concrete.push_str(rest_of);
                 let method_http =
                     reqwest::Method::from_bytes(verb.to_uppercase().as_bytes()).expect("verb");
-                let mut req = http.request(method_http, format!("{}{concrete}", rest.url()));
+                let mut req = http
+                    .request(method_http, format!("{}{concrete}", rest.url()))
+                    .bearer_auth(token);
                 if verb != "get" && verb != "delete" {
                     req = req.header("content-type", "application/json").body("{}");
                 }
@@ -251,10 +265,112 @@ pub async fn assert_every_rpc_reachable(rest: &Running, services: &[&str]) {
                             | "METHOD_NOT_ALLOWED"
                             | "INVALID_JSON"
                             | "UNSUPPORTED_MEDIA_TYPE"
-                    ),
+                    ) && (public || code != "UNAUTHENTICATED"),
                     "{name} via {verb} {concrete} did not reach the service: {status} {reply}"
                 );
             }
         }
     }
+}
+
+/// IAM settings for tests: embedded key file, the bootstrap platform admin, Google sign-in off.
+pub fn iam_config() -> maxai_iam::config::IamConfig {
+    maxai_iam::config::IamConfig {
+        // A fixed test key (base64 of 32 bytes): PostgreSQL backends need one configured.
+        master_key: SecretString::from("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_owned()),
+        issuer: "maxai".into(),
+        access_token_ttl_secs: 900,
+        bootstrap_admin: true,
+        refresh_token_ttl_secs: 86_400,
+        google: maxai_iam::config::GoogleConfig {
+            client_id: String::new(),
+            client_secret: SecretString::from(String::new()),
+            discovery_url: String::new(),
+            redirect_uri: String::new(),
+            return_to_allowlist: Vec::new(),
+            domain_verification_url: String::new(),
+        },
+    }
+}
+
+/// Real IAM on a test backend, and the guard test servers are put behind.
+pub struct TestIam {
+    pub key_ring: Arc<maxai_iam::tokens::KeyRing>,
+    pub guard: Arc<Guard>,
+    pub shared: SharedState,
+    servers: Option<maxai_iam::Servers>,
+}
+
+impl TestIam {
+    /// Starts IAM on `backend` with `config`.
+    pub async fn start_with(backend: &Backend, config: maxai_iam::config::IamConfig) -> Self {
+        let shared = SharedState::connect(&backend.storage)
+            .await
+            .expect("shared state");
+        let shutdown = CancellationToken::new();
+        let servers = maxai_iam::start(
+            &backend.storage,
+            &config,
+            &shared,
+            4 << 20,
+            shutdown.clone(),
+        )
+        .await
+        .expect("start iam");
+        let key_ring = servers.key_ring.clone();
+        let verifier = Verifier::new(config.issuer.clone(), key_ring.clone());
+        verifier
+            .follow_revocations(shared.notifier.as_ref(), shutdown)
+            .await
+            .expect("follow revocations");
+        let guard = Guard::new(verifier, servers.policy.clone());
+        TestIam {
+            key_ring,
+            guard,
+            shared,
+            servers: Some(servers),
+        }
+    }
+
+    pub async fn start(backend: &Backend) -> Self {
+        Self::start_with(backend, iam_config()).await
+    }
+
+    /// IAM's gRPC servers (once), to serve beside the service under test.
+    pub fn take_servers(&mut self) -> maxai_iam::Servers {
+        self.servers.take().expect("IAM servers taken twice")
+    }
+
+    /// The guard layer for a test gRPC server.
+    pub fn layer(&self) -> GuardLayer {
+        GuardLayer::new(self.guard.clone(), 4 << 20)
+    }
+
+    /// An access token for `subject` (`tenants/{t}/users/{u}` or `.../serviceAccounts/{s}`).
+    pub fn token(&self, subject: &str) -> String {
+        let tenant = maxai_kit::auth::tenant_of(subject)
+            .unwrap_or_default()
+            .to_owned();
+        self.key_ring
+            .issue(subject, &tenant, None)
+            .expect("issue token")
+            .0
+    }
+
+    /// A token of the bootstrap platform admin.
+    pub fn admin(&self) -> String {
+        self.token(maxai_iam::BOOTSTRAP_ADMIN)
+    }
+}
+
+pub use maxai_kit::auth::{Authed, Bearer};
+
+/// Connects to `url`; every call carries `token`.
+pub async fn authed(url: &str, token: &str) -> Authed {
+    let channel = tonic::transport::Channel::from_shared(url.to_owned())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    maxai_kit::auth::authed(channel, token).expect("token")
 }

@@ -134,7 +134,7 @@ impl ServiceAccountService for AccountsApi {
         &self,
         request: Request<pb::CreateServiceAccountRequest>,
     ) -> Result<Response<pb::CreateServiceAccountResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::CreateServiceAccountRequest {
             parent,
             service_account,
@@ -232,7 +232,7 @@ impl ServiceAccountService for AccountsApi {
         &self,
         request: Request<pb::UpdateServiceAccountRequest>,
     ) -> Result<Response<pb::UpdateServiceAccountResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::UpdateServiceAccountRequest {
             service_account,
             update_mask,
@@ -293,7 +293,7 @@ impl ServiceAccountService for AccountsApi {
         &self,
         request: Request<pb::DeleteServiceAccountRequest>,
     ) -> Result<Response<pb::DeleteServiceAccountResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::DeleteServiceAccountRequest { name, etag } = request.into_inner();
         let (t, a) = account_name(&name, "name")?;
         self.store
@@ -318,7 +318,7 @@ impl ServiceAccountService for AccountsApi {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::CreateApiKeyRequest {
             parent,
             api_key,
@@ -453,7 +453,7 @@ impl ServiceAccountService for AccountsApi {
         &self,
         request: Request<pb::DeleteApiKeyRequest>,
     ) -> Result<Response<pb::DeleteApiKeyResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::DeleteApiKeyRequest { name } = request.into_inner();
         let (t, a, k) = key_name(&name, "name")?;
         self.store.delete_key(&t, &a, &k).await?;

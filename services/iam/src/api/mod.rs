@@ -1,12 +1,16 @@
 //! The gRPC surface of IAM.
 pub mod accounts;
+pub mod auth;
 pub(crate) mod names;
 pub mod roles;
+pub mod sso_domains;
 pub mod tenants;
 pub mod users;
 
 pub use accounts::AccountsApi;
+pub use auth::AuthApi;
 pub use roles::AccessApi;
+pub use sso_domains::SsoDomainsApi;
 pub use tenants::TenantsApi;
 pub use users::UsersApi;
 

@@ -3,6 +3,7 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use maxai_kit::{
+    auth::Principal,
     error::Violations,
     paging::{decode_token, next_page, page_size},
     resource::{check_id, etag, expected_revision, mask_paths, micros, request_id, timestamp},
@@ -197,7 +198,7 @@ impl RoleService for AccessApi {
         &self,
         request: Request<pb::CreateRoleRequest>,
     ) -> Result<Response<pb::CreateRoleResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::CreateRoleRequest {
             parent,
             role,
@@ -319,7 +320,7 @@ impl RoleService for AccessApi {
         &self,
         request: Request<pb::UpdateRoleRequest>,
     ) -> Result<Response<pb::UpdateRoleResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::UpdateRoleRequest { role, update_mask } = request.into_inner();
         let role = role.ok_or_else(|| Error::invalid("role", "is required"))?;
         if role.name.starts_with("roles/") {
@@ -388,7 +389,7 @@ impl RoleService for AccessApi {
         &self,
         request: Request<pb::DeleteRoleRequest>,
     ) -> Result<Response<pb::DeleteRoleResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::DeleteRoleRequest { name, etag } = request.into_inner();
         if name.starts_with("roles/") {
             return Err(Error::new(
@@ -464,7 +465,7 @@ impl RoleService for AccessApi {
         &self,
         request: Request<pb::CreateRoleAssignmentRequest>,
     ) -> Result<Response<pb::CreateRoleAssignmentResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::CreateRoleAssignmentRequest {
             parent,
             role_assignment,
@@ -624,7 +625,7 @@ impl RoleService for AccessApi {
         &self,
         request: Request<pb::UpdateRoleAssignmentRequest>,
     ) -> Result<Response<pb::UpdateRoleAssignmentResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::UpdateRoleAssignmentRequest {
             role_assignment,
             update_mask,
@@ -677,7 +678,7 @@ impl RoleService for AccessApi {
         &self,
         request: Request<pb::DeleteRoleAssignmentRequest>,
     ) -> Result<Response<pb::DeleteRoleAssignmentResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::DeleteRoleAssignmentRequest { name, etag } = request.into_inner();
         let (t, id) = Self::assignment_name(&name, "name")?;
         self.store
@@ -702,21 +703,19 @@ impl RoleService for AccessApi {
 impl AccessApi {
     async fn answer(
         &self,
-        check: pb::AuthorizationCheck,
+        caller: &Principal,
+        mut check: pb::AuthorizationCheck,
         field: &str,
     ) -> Result<pb::AuthorizationResult> {
+        if check.subject.is_empty() {
+            check.subject = caller.subject.clone();
+        }
         let pb::AuthorizationCheck {
             subject,
             permission,
             resource,
         } = check.clone();
         let mut v = Violations::new();
-        // Until tokens name the caller, the subject must be given.
-        v.check(
-            !subject.is_empty(),
-            format!("{field}.subject"),
-            "is required (the caller is not identified yet)",
-        );
         v.check(
             catalogue().contains_key(&permission),
             format!("{field}.permission"),
@@ -728,6 +727,18 @@ impl AccessApi {
             "must be at most 512 bytes",
         );
         v.into_result()?;
+        if subject != caller.subject
+            && !self
+                .policy
+                .check(&caller.subject, "iam.roleAssignments.list", &resource)
+                .await?
+                .allowed
+        {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("checking another principal needs iam.roleAssignments.list on {resource}"),
+            ));
+        }
         let d = self.policy.check(&subject, &permission, &resource).await?;
         Ok(pb::AuthorizationResult {
             check: Some(check),
@@ -749,10 +760,11 @@ impl AuthorizationService for AccessApi {
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let caller = Principal::of(&request)?.clone();
         let pb::AuthorizeRequest { check } = request.into_inner();
         let check = check.ok_or_else(|| Error::invalid("check", "is required"))?;
         Ok(Response::new(pb::AuthorizeResponse {
-            result: Some(self.answer(check, "check").await?),
+            result: Some(self.answer(&caller, check, "check").await?),
         }))
     }
 
@@ -760,6 +772,7 @@ impl AuthorizationService for AccessApi {
         &self,
         request: Request<pb::BatchAuthorizeRequest>,
     ) -> Result<Response<pb::BatchAuthorizeResponse>, Status> {
+        let caller = Principal::of(&request)?.clone();
         let pb::BatchAuthorizeRequest { parent, checks } = request.into_inner();
         let tenant = names::tenant(&parent, "parent")?;
         let mut v = Violations::new();
@@ -778,7 +791,7 @@ impl AuthorizationService for AccessApi {
         v.into_result()?;
         let mut results = Vec::with_capacity(checks.len());
         for (i, c) in checks.into_iter().enumerate() {
-            results.push(self.answer(c, &format!("checks[{i}]")).await?);
+            results.push(self.answer(&caller, c, &format!("checks[{i}]")).await?);
         }
         Ok(Response::new(pb::BatchAuthorizeResponse { results }))
     }

@@ -71,7 +71,7 @@ impl TenantService for TenantsApi {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::CreateTenantRequest {
             tenant,
             tenant_id,
@@ -161,7 +161,7 @@ impl TenantService for TenantsApi {
         &self,
         request: Request<pb::UpdateTenantRequest>,
     ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::UpdateTenantRequest {
             tenant,
             update_mask,
@@ -214,7 +214,7 @@ impl TenantService for TenantsApi {
         &self,
         request: Request<pb::DeleteTenantRequest>,
     ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::DeleteTenantRequest { name, etag } = request.into_inner();
         let id = names::tenant(&name, "name")?;
         let expected = expected_revision(&etag, "etag")?;
@@ -250,7 +250,7 @@ impl ClientService for TenantsApi {
         &self,
         request: Request<pb::CreateClientRequest>,
     ) -> Result<Response<pb::CreateClientResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::CreateClientRequest {
             parent,
             client,
@@ -356,7 +356,7 @@ impl ClientService for TenantsApi {
         &self,
         request: Request<pb::UpdateClientRequest>,
     ) -> Result<Response<pb::UpdateClientResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::UpdateClientRequest {
             client,
             update_mask,
@@ -403,7 +403,7 @@ impl ClientService for TenantsApi {
         &self,
         request: Request<pb::DeleteClientRequest>,
     ) -> Result<Response<pb::DeleteClientResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::DeleteClientRequest { name, etag } = request.into_inner();
         let (t, c) = names::client(&name, "name")?;
         let expected = expected_revision(&etag, "etag")?;

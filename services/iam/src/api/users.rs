@@ -112,7 +112,7 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::CreateUserRequest {
             parent,
             user,
@@ -229,7 +229,7 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::UpdateUserRequest { user, update_mask } = request.into_inner();
         let user = user.ok_or_else(|| Error::invalid("user", "is required"))?;
         let (t, u) = Self::user_name(&user.name, "user.name")?;
@@ -288,7 +288,7 @@ impl UserService for UsersApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let md = request.metadata().clone();
+        let md = crate::audit::Caller::of(&request);
         let pb::DeleteUserRequest { name, etag } = request.into_inner();
         let (t, u) = Self::user_name(&name, "name")?;
         self.store

@@ -58,7 +58,17 @@ pub fn decide(
     now_us: i64,
     custom: &dyn Fn(&str) -> Option<BTreeSet<String>>,
 ) -> Decision {
-    if ANY_PRINCIPAL.contains(&permission) && !assignments.is_empty() {
+    // Held by every signed-in principal, but only on resources outside any tenant or inside a
+    // tenant the principal belongs to (or by a platform-wide assignment).
+    let fenced = |t: &str| {
+        assignments
+            .iter()
+            .any(|a| a.tenant_id == t || a.scope.is_empty())
+    };
+    if ANY_PRINCIPAL.contains(&permission)
+        && !assignments.is_empty()
+        && maxai_kit::auth::tenant_of(resource).is_none_or(fenced)
+    {
         return Decision {
             allowed: true,
             reason: format!("{permission} is held by every signed-in principal"),

@@ -30,6 +30,7 @@ pub struct PermissionInfo {
 /// tenant inside the request (e.g. a flag is evaluated only for the caller's own tenant).
 pub const ANY_PRINCIPAL: &[&str] = &[
     "flags.flags.evaluate",
+    "iam.authorizations.check",
     "iam.permissions.list",
     "iam.roles.get",
     "iam.roles.list",
