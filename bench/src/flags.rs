@@ -84,7 +84,14 @@ pub async fn serve_gateway(
     guard: Arc<Guard>,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    let (gw_config, max_message) = (config.gateway.clone(), config.server.max_message_bytes);
+    let (mut gw_config, max_message) = (config.gateway.clone(), config.server.max_message_bytes);
+    // The limiter runs on every request, as in production, with limits the load never reaches.
+    let unlimited = maxai_kit::rate_limit::Rate {
+        per_minute: u32::MAX / 2,
+        burst: 1_000_000,
+    };
+    gw_config.rate_limits.per_ip = unlimited;
+    gw_config.rate_limits.per_tenant = unlimited;
     let gateway = sut
         .spawn(async move {
             maxai_gateway::Gateway::new(
@@ -92,7 +99,11 @@ pub async fn serve_gateway(
                 &format!("http://{upstream}"),
                 vec![maxai_feature_flags::SERVICE_NAME.into()],
                 max_message,
-                guard,
+                maxai_gateway::GatewayDeps {
+                    guard,
+                    limiter: SharedState::memory().limiter,
+                    tenant_rates: None,
+                },
             )
         })
         .await??;

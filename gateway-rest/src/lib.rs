@@ -45,8 +45,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use maxai_kit::{
-    auth::Guard,
+    auth::{Guard, MethodRule, Principal},
     dynamic::DynamicClient,
+    rate_limit::{retry_after_seconds, Rate, RateLimiter, Verdict},
     telemetry::{correlation_id, CorrelationId, CORRELATION_HEADER},
 };
 use serde::Deserialize;
@@ -70,6 +71,38 @@ pub struct GatewayConfig {
     /// `maxai.iam.v1`) to an `http://host:port` address; the longest matching prefix wins.
     #[serde(default)]
     pub upstreams: std::collections::BTreeMap<String, String>,
+    pub rate_limits: RateLimitConfig,
+}
+
+/// `[gateway.rate_limits]`: GCRA limits per client IP (before authentication) and per tenant
+/// (after it). A tenant's own `rate_limits` (set through IAM) win over `tenants` here, which win
+/// over `per_tenant`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub per_ip: Rate,
+    pub per_tenant: Rate,
+    /// Tenant id → its rate.
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, Rate>,
+    /// Take the client IP from the first `X-Forwarded-For` hop (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+}
+
+/// A tenant's own rate, as IAM keeps it; `None` means the configured default.
+#[async_trait::async_trait]
+pub trait TenantRates: Send + Sync + 'static {
+    async fn rate(&self, tenant: &str) -> Option<Rate>;
+}
+
+/// What the gateway needs besides its configuration.
+#[derive(Clone)]
+pub struct GatewayDeps {
+    pub guard: Arc<Guard>,
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Per-tenant rates from IAM, when this process can read them.
+    pub tenant_rates: Option<Arc<dyn TenantRates>>,
 }
 
 /// Connections to one gRPC address.
@@ -89,6 +122,8 @@ pub struct Gateway {
     services: Vec<String>,
     openapi: std::sync::OnceLock<serde_json::Value>,
     guard: Arc<Guard>,
+    limiter: Arc<dyn RateLimiter>,
+    tenant_rates: Option<Arc<dyn TenantRates>>,
     /// API key → (access token, when to exchange again).
     exchanged: std::sync::RwLock<std::collections::HashMap<String, (String, Instant)>>,
 }
@@ -101,8 +136,18 @@ impl Gateway {
         upstream: &str,
         services: Vec<String>,
         max_message_bytes: usize,
-        guard: Arc<Guard>,
+        deps: GatewayDeps,
     ) -> anyhow::Result<Arc<Self>> {
+        for (what, rate) in [
+            ("per_ip", config.rate_limits.per_ip),
+            ("per_tenant", config.rate_limits.per_tenant),
+        ]
+        .into_iter()
+        .chain(config.rate_limits.tenants.values().map(|r| ("tenants", *r)))
+        {
+            rate.validate()
+                .map_err(|e| anyhow::anyhow!("gateway.rate_limits.{what}: {e}"))?;
+        }
         let routes = routes::build(&services)?;
         let connect = |url: &str| -> anyhow::Result<Upstream> {
             let endpoint = Channel::from_shared(url.to_owned())?
@@ -147,7 +192,9 @@ impl Gateway {
             config,
             services,
             openapi: std::sync::OnceLock::new(),
-            guard,
+            guard: deps.guard,
+            limiter: deps.limiter,
+            tenant_rates: deps.tenant_rates,
             exchanged: std::sync::RwLock::new(std::collections::HashMap::new()),
         }))
     }
@@ -220,6 +267,101 @@ impl Gateway {
         Ok(Some(tokens.access_token))
     }
 
+    /// Authenticates a call to `path` before its body is even read, and counts it against its
+    /// tenant's limit (refused calls count too, so probing costs the prober). `None` for public
+    /// methods.
+    async fn authenticate(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<Option<(Principal, &MethodRule)>, Problem> {
+        let rule = self.guard.rule(path).ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "ROUTE_NOT_FOUND",
+                format!("no method {path}"),
+            )
+        })?;
+        if rule.public {
+            return Ok(None);
+        }
+        let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
+            problem(maxai_kit::Error::new(
+                maxai_kit::ErrorKind::Unauthenticated,
+                "this call needs a bearer access token",
+            ))
+        })?;
+        let principal = self.guard.verifier().verify(token).await.map_err(problem)?;
+        if !principal.tenant.is_empty() {
+            let rate = self.tenant_rate(&principal.tenant).await;
+            self.limit(&format!("tenant:{}", principal.tenant), rate)
+                .await?;
+        }
+        Ok(Some((principal, rule)))
+    }
+
+    /// Takes one request from `key`'s bucket; 429 with Retry-After when it is empty. A limiter
+    /// that cannot answer (Redis down) lets the request through: an outage of the cache must
+    /// not become an outage of the API.
+    async fn limit(&self, key: &str, rate: Rate) -> Result<(), Problem> {
+        if !self.config.rate_limits.enabled {
+            return Ok(());
+        }
+        match self.limiter.check(key, rate).await {
+            Ok(Verdict::Allowed { .. }) => Ok(()),
+            Ok(Verdict::Limited { retry_after }) => {
+                let mut p = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMITED",
+                    "too many requests; retry after the time in Retry-After",
+                );
+                p.retry_after_secs = Some(retry_after_seconds(retry_after));
+                Err(p)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, key, "rate limiter unavailable; request let through");
+                Ok(())
+            }
+        }
+    }
+
+    /// The rate of `tenant`: its own (IAM), else the configured override, else the default.
+    async fn tenant_rate(&self, tenant: &str) -> Rate {
+        if let Some(r) = match &self.tenant_rates {
+            Some(rates) => rates.rate(tenant).await,
+            None => None,
+        } {
+            return r;
+        }
+        let limits = &self.config.rate_limits;
+        limits
+            .tenants
+            .get(tenant)
+            .copied()
+            .unwrap_or(limits.per_tenant)
+    }
+
+    /// The client's address: the connection's peer, or the first `X-Forwarded-For` hop when
+    /// configured to trust it.
+    fn client_ip(&self, req: &Request) -> String {
+        if self.config.rate_limits.trust_forwarded_for {
+            if let Some(first) = req
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+            {
+                return first.to_owned();
+            }
+        }
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
     /// Forwards the caller's credential and correlation to a gRPC request.
     fn metadata<T>(
         &self,
@@ -259,8 +401,24 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/openapi.json", get(openapi::handler))
         .nest("/ofrep/v1", ofrep::router())
         .fallback(transcoded)
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            limit_per_ip,
+        ))
         .layer(middleware::from_fn(correlate))
         .with_state(gateway)
+}
+
+/// Limits each client IP before anything else is done for it (health probes excepted).
+async fn limit_per_ip(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return next.run(req).await;
+    }
+    let key = format!("ip:{}", gw.client_ip(&req));
+    match gw.limit(&key, gw.config.rate_limits.per_ip).await {
+        Ok(()) => next.run(req).await,
+        Err(p) => p.correlated(&correlation(&req)).into_response(),
+    }
 }
 
 /// Accepts or generates the correlation id, echoes it, records RED metrics, and turns axum's
@@ -333,6 +491,10 @@ fn correlation(req: &Request) -> String {
         .get::<CorrelationId>()
         .map(|c| c.0.clone())
         .unwrap_or_default()
+}
+
+fn problem(e: maxai_kit::Error) -> Problem {
+    Problem::from_status(&tonic::Status::from(e))
 }
 
 /// Reads the whole body within the configured limit.
@@ -419,12 +581,15 @@ async fn transcoded_inner(gw: &Gateway, req: Request) -> Result<Response, Proble
     } else {
         gw.access_token(&parts.headers).await?
     };
+    let caller = gw.authenticate(&route.grpc_path, token.as_deref()).await?;
     let bytes = read_body(body, gw.config.max_body_bytes).await?;
     let message = transcode::request(route, bound, query.as_deref(), &bytes)?;
-    gw.guard
-        .check(&route.grpc_path, token.as_deref(), &message)
-        .await
-        .map_err(|e| Problem::from_status(&tonic::Status::from(e)))?;
+    if let (Some((principal, rule)), Some(token)) = (caller, token.as_deref()) {
+        gw.guard
+            .authorize(&principal, token, rule, &message)
+            .await
+            .map_err(problem)?;
+    }
     let mut grpc_req = tonic::Request::new(message);
     gw.metadata(&mut grpc_req, &parts.headers, token.as_deref(), &id);
     let reply = gw

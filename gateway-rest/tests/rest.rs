@@ -407,3 +407,88 @@ async fn per_service_upstreams() {
         .expect("send");
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// Per-IP limits apply before authentication, per-tenant limits after it; both answer 429
+/// problem+json with Retry-After, and each bucket refills on its own.
+#[tokio::test]
+async fn rate_limits_per_ip_and_per_tenant() {
+    let (_backend, grpc, iam) = flags_grpc().await;
+    let tight = maxai_kit::rate_limit::Rate {
+        per_minute: 60,
+        burst: 3,
+    };
+    let mut config = maxai_testkit::gateway_config();
+    config.rate_limits.per_tenant = tight;
+    let rest =
+        maxai_testkit::serve_gateway_with(config, &grpc.url(), vec![SERVICE_NAME.into()], &iam)
+            .await;
+    let admin = iam.admin();
+    let get = |token: String| {
+        let url = format!("{}/v1/flags", rest.url());
+        async move {
+            Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("send")
+        }
+    };
+    for i in 0..3 {
+        assert_eq!(
+            get(admin.clone()).await.status(),
+            StatusCode::OK,
+            "request {i}"
+        );
+    }
+    let limited = get(admin.clone()).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = limited
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+    let headers = limited.headers().clone();
+    let body: Value = limited.json().await.expect("problem");
+    assert_problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        &headers,
+        &body,
+        429,
+        "RATE_LIMITED",
+    );
+    // Another tenant's bucket is its own, and refused calls count too: this user holds no
+    // grant, so its first three calls are 403 and the fourth is already limited.
+    let other = iam.token("tenants/other/users/x");
+    for i in 0..3 {
+        assert_eq!(
+            get(other.clone()).await.status(),
+            StatusCode::FORBIDDEN,
+            "call {i}"
+        );
+    }
+    assert_eq!(get(other).await.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // Per IP: refused before any credential is looked at.
+    let mut config = maxai_testkit::gateway_config();
+    config.rate_limits.per_ip = tight;
+    let rest =
+        maxai_testkit::serve_gateway_with(config, &grpc.url(), vec![SERVICE_NAME.into()], &iam)
+            .await;
+    let url = format!("{}/v1/flags", rest.url());
+    for _ in 0..3 {
+        Client::new().get(&url).send().await.expect("send");
+    }
+    let limited = Client::new().get(&url).send().await.expect("send");
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    // Health probes are never limited.
+    let health = Client::new()
+        .get(format!("{}/healthz", rest.url()))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(health.status(), StatusCode::OK);
+}

@@ -89,6 +89,8 @@ pub struct Servers {
     pub key_ring: Arc<tokens::KeyRing>,
     /// The policy engine, for authorizing calls in this process.
     pub policy: Arc<policy::PolicyEngine>,
+    /// Tenants, for the gateway's per-tenant rate limits in this process.
+    pub tenancy: Arc<dyn store::TenancyStore>,
 }
 
 impl Servers {
@@ -190,6 +192,7 @@ pub async fn start(
         bootstrap_platform_admin(&sql).await?;
     }
     let tenancy: Arc<dyn store::TenancyStore> = sql.clone();
+    let tenancy_for_limits = tenancy.clone();
     let access: Arc<dyn store::AccessStore> = sql.clone();
     let policy =
         policy::PolicyEngine::start(access.clone(), shared.notifier.clone(), shutdown).await?;
@@ -272,6 +275,7 @@ pub async fn start(
             .max_encoding_message_size(max_message_bytes),
         key_ring,
         policy,
+        tenancy: tenancy_for_limits,
     })
 }
 

@@ -76,9 +76,13 @@ pub async fn serve_http(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    // The peer address reaches handlers (per-IP rate limits) as ConnectInfo<SocketAddr>.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
 async fn set_all(reporter: &HealthReporter, names: &[String], status: ServingStatus) {

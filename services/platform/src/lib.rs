@@ -9,6 +9,7 @@ use std::{net::SocketAddr, time::Instant};
 use anyhow::Context;
 use maxai_kit::{
     auth::{GrpcKeySource, Guard, GuardLayer, RemoteAuthorizer, Verifier},
+    rate_limit::Rate,
     server::{serve_grpc, serve_http, GrpcApp},
     shared_state::SharedState,
     storage, CancellationToken,
@@ -137,6 +138,7 @@ pub async fn run(
         names.push(maxai_feature_flags::SERVICE_NAME.to_owned());
     }
     let mut in_process = None;
+    let mut tenant_rates = None;
     if components.contains(&Component::Iam) {
         let iam = maxai_iam::start(
             &config.storage,
@@ -148,6 +150,10 @@ pub async fn run(
         .await
         .context("iam")?;
         in_process = Some((iam.key_ring.clone(), iam.policy.clone()));
+        tenant_rates = Some(
+            std::sync::Arc::new(IamTenantRates::new(iam.tenancy.clone()))
+                as std::sync::Arc<dyn maxai_gateway::TenantRates>,
+        );
         iam.add_to(&mut routes);
         names.extend(maxai_iam::SERVICE_NAMES.map(String::from));
     }
@@ -178,7 +184,11 @@ pub async fn run(
             &upstream,
             routed_services(),
             config.server.max_message_bytes,
-            guard.clone(),
+            maxai_gateway::GatewayDeps {
+                guard: guard.clone(),
+                limiter: shared.limiter.clone(),
+                tenant_rates,
+            },
         )?;
         listeners.http = Some(sockets.http.local_addr()?);
         let token = shutdown.clone();
@@ -210,6 +220,56 @@ pub async fn run(
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Tenants' own rate limits read from IAM's store in this process, each kept 30 s so the
+/// gateway does not read storage per request.
+struct IamTenantRates {
+    tenancy: std::sync::Arc<dyn maxai_iam::store::TenancyStore>,
+    known: std::sync::RwLock<std::collections::HashMap<String, (Option<Rate>, Instant)>>,
+}
+
+impl IamTenantRates {
+    fn new(tenancy: std::sync::Arc<dyn maxai_iam::store::TenancyStore>) -> Self {
+        IamTenantRates {
+            tenancy,
+            known: Default::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl maxai_gateway::TenantRates for IamTenantRates {
+    async fn rate(&self, tenant: &str) -> Option<Rate> {
+        const KEEP: std::time::Duration = std::time::Duration::from_secs(30);
+        if let Some((rate, at)) = self
+            .known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+        {
+            if at.elapsed() < KEEP {
+                return *rate;
+            }
+        }
+        let rate = match self.tenancy.get_tenant(tenant).await {
+            Ok(Some(t)) if t.rate_limits.requests_per_minute > 0 => Some(Rate {
+                per_minute: t.rate_limits.requests_per_minute as u32,
+                burst: t.rate_limits.burst.max(1) as u32,
+            }),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, tenant, "tenant rate limits unreadable; using the default");
+                None
+            }
+        };
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= 100_000 {
+            known.clear();
+        }
+        known.insert(tenant.to_owned(), (rate, Instant::now()));
+        rate
+    }
 }
 
 type InProcessIam = (

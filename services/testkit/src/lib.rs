@@ -168,6 +168,19 @@ pub fn gateway_config() -> maxai_gateway::GatewayConfig {
         timeout_ms: 10_000,
         upstream_connections: 1,
         upstreams: Default::default(),
+        rate_limits: maxai_gateway::RateLimitConfig {
+            enabled: true,
+            per_ip: maxai_kit::rate_limit::Rate {
+                per_minute: 600_000,
+                burst: 10_000,
+            },
+            per_tenant: maxai_kit::rate_limit::Rate {
+                per_minute: 600_000,
+                burst: 10_000,
+            },
+            tenants: Default::default(),
+            trust_forwarded_for: false,
+        },
     }
 }
 
@@ -183,8 +196,13 @@ pub async fn serve_gateway_with(
     services: Vec<String>,
     iam: &TestIam,
 ) -> Running {
-    let gw = maxai_gateway::Gateway::new(config, url, services, 4 * 1024 * 1024, iam.guard.clone())
-        .expect("gateway");
+    let deps = maxai_gateway::GatewayDeps {
+        guard: iam.guard.clone(),
+        limiter: iam.shared.limiter.clone(),
+        tenant_rates: None,
+    };
+    let gw =
+        maxai_gateway::Gateway::new(config, url, services, 4 * 1024 * 1024, deps).expect("gateway");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
