@@ -194,8 +194,17 @@ pub async fn start(
     let tenancy: Arc<dyn store::TenancyStore> = sql.clone();
     let tenancy_for_limits = tenancy.clone();
     let access: Arc<dyn store::AccessStore> = sql.clone();
-    let policy =
-        policy::PolicyEngine::start(access.clone(), shared.notifier.clone(), shutdown).await?;
+    let policy = policy::PolicyEngine::start(
+        access.clone(),
+        policy::Principals {
+            tenancy: tenancy.clone(),
+            users: sql.clone(),
+            accounts: sql.clone(),
+        },
+        shared.notifier.clone(),
+        shutdown,
+    )
+    .await?;
     let users_store: Arc<dyn store::UserStore> = sql.clone();
     let audit_store: Arc<dyn store::AuditStore> = sql.clone();
     let audit = Arc::new(audit::AuditLog::new(audit_store.clone()));
@@ -244,7 +253,7 @@ pub async fn start(
         audit.clone(),
     ));
     let audit_api = Arc::new(audit::AuditApi::new(audit_store, tenancy.clone()));
-    let api = Arc::new(api::TenantsApi::new(tenancy, audit));
+    let api = Arc::new(api::TenantsApi::new(tenancy, audit, policy.clone()));
     Ok(Servers {
         tenants: TenantServiceServer::from_arc(api.clone())
             .max_decoding_message_size(max_message_bytes)

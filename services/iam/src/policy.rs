@@ -9,8 +9,8 @@ use std::{
 use maxai_kit::{shared_state::Notifier, storage::now_micros, CancellationToken, Result};
 
 use crate::{
-    domain::{decide, Decision},
-    store::AccessStore,
+    domain::{decide, Decision, TenantState, UserState},
+    store::{AccessStore, AccountStore, TenancyStore, UserStore},
 };
 
 pub use maxai_kit::auth::POLICY_CHANNEL;
@@ -19,8 +19,45 @@ const CACHE_CAPACITY: usize = 100_000;
 
 type Key = (String, String, String);
 
+/// The principals' standing: a deleted tenant, a suspended user or a disabled or deleted
+/// service account holds nothing, whatever its assignments say.
+pub struct Principals {
+    pub tenancy: Arc<dyn TenancyStore>,
+    pub users: Arc<dyn UserStore>,
+    pub accounts: Arc<dyn AccountStore>,
+}
+
+impl Principals {
+    /// Why `subject` may hold nothing now, if so.
+    async fn barred(&self, subject: &str) -> Result<Option<String>> {
+        let parts: Vec<&str> = subject.split('/').collect();
+        let ["tenants", t, kind, id] = parts.as_slice() else {
+            return Ok(Some(format!("{subject} is not a principal")));
+        };
+        match self.tenancy.get_tenant(t).await? {
+            Some(tenant) if tenant.state == TenantState::Active => {}
+            _ => return Ok(Some(format!("tenant {t} is not active"))),
+        }
+        let standing = match *kind {
+            "users" => match self.users.get_user(t, id).await? {
+                Some(u) if u.state != UserState::Suspended => None,
+                Some(_) => Some(format!("{subject} is suspended")),
+                None => Some(format!("{subject} does not exist")),
+            },
+            "serviceAccounts" => match self.accounts.get_account(t, id).await? {
+                Some(a) if !a.disabled => None,
+                Some(_) => Some(format!("{subject} is disabled")),
+                None => Some(format!("{subject} does not exist")),
+            },
+            _ => Some(format!("{subject} is not a principal")),
+        };
+        Ok(standing)
+    }
+}
+
 pub struct PolicyEngine {
     store: Arc<dyn AccessStore>,
+    principals: Principals,
     notifier: Arc<dyn Notifier>,
     cache: Mutex<HashMap<Key, Decision>>,
 }
@@ -29,11 +66,13 @@ impl PolicyEngine {
     /// Starts following change announcements until `shutdown`.
     pub async fn start(
         store: Arc<dyn AccessStore>,
+        principals: Principals,
         notifier: Arc<dyn Notifier>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>> {
         let engine = Arc::new(PolicyEngine {
             store,
+            principals,
             notifier: notifier.clone(),
             cache: Mutex::new(HashMap::new()),
         });
@@ -84,6 +123,17 @@ impl PolicyEngine {
         {
             return Ok(d.clone());
         }
+        if let Some(reason) = self.principals.barred(subject).await? {
+            // Cached like any decision: the change that lifts the bar announces itself.
+            let d = Decision {
+                allowed: false,
+                reason,
+                assignment: None,
+                role: None,
+            };
+            self.remember(key, d.clone());
+            return Ok(d);
+        }
         let now = now_micros();
         let assignments: Vec<_> = self
             .store
@@ -107,13 +157,17 @@ impl PolicyEngine {
         // Expiring assignments change decisions without a write: cache only decisions that
         // no assignment's expiry can flip.
         if assignments.iter().all(|a| a.expire_at_us.is_none()) {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= CACHE_CAPACITY {
-                cache.clear();
-            }
-            cache.insert(key, decision.clone());
+            self.remember(key, decision.clone());
         }
         Ok(decision)
+    }
+
+    fn remember(&self, key: Key, decision: Decision) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, decision);
     }
 }
 

@@ -346,6 +346,23 @@ mod access {
         })
         .await
         .expect("client");
+        // The people the checks are about: a principal that does not exist holds nothing.
+        let mut u = maxai_proto::maxai::iam::v1::user_service_client::UserServiceClient::new(
+            server.admin().await,
+        );
+        for id in ["ann", "bob", "cy"] {
+            u.create_user(pb::CreateUserRequest {
+                parent: format!("tenants/{tenant_id}"),
+                user: Some(pb::User {
+                    email: format!("{id}@{tenant_id}.example"),
+                    ..Default::default()
+                }),
+                user_id: id.into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("user");
+        }
     }
 
     fn check(subject: &str, permission: &str, resource: &str) -> pb::AuthorizeRequest {

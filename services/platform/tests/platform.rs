@@ -179,9 +179,13 @@ impl Drop for Platform {
 }
 
 fn start(env: &[(&str, String)]) -> Platform {
+    start_args(&["up"], env)
+}
+
+fn start_args(args: &[&str], env: &[(&str, String)]) -> Platform {
     let (g, h, m) = (free_port(), free_port(), free_port());
     let mut cmd = Command::new(BIN);
-    cmd.arg("up")
+    cmd.args(args)
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .env("MAXAI_SERVER__GRPC_ADDR", format!("127.0.0.1:{g}"))
@@ -385,4 +389,65 @@ async fn up_on_postgres_and_redis() {
         .await
         .expect("json");
     assert_eq!(body["flags"].as_array().map(Vec::len), Some(1));
+}
+
+/// IAM in one process, feature-flags and the gateway in another (as Kubernetes runs them): the
+/// second verifies tokens with IAM's JWKS and asks IAM's AuthorizationService over gRPC.
+#[tokio::test]
+async fn services_in_separate_processes_check_credentials_through_iam() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = (
+        "MAXAI_STORAGE__DATA_DIR",
+        dir.path().to_string_lossy().into_owned(),
+    );
+    let iam = start_args(&["serve", "iam"], std::slice::from_ref(&data));
+    let upstreams = (
+        "MAXAI_GATEWAY__UPSTREAMS",
+        format!("{{\"maxai.iam.v1\"=\"{}\"}}", iam.grpc),
+    );
+    let rest = start_args(
+        &["serve", "feature-flags", "gateway"],
+        &[data.clone(), upstreams],
+    );
+    wait_ready(&rest).await;
+    let token = admin_token(std::slice::from_ref(&data));
+    assert_eq!(
+        create_flag(&rest.http, "remote", "").await,
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        create_flag(&rest.http, "remote", &token).await,
+        reqwest::StatusCode::OK,
+        "the admin's token verified with IAM's keys and authorized by IAM"
+    );
+    assert!(flag_exists(&rest.http, "remote", &token).await);
+    // A principal IAM grants nothing is refused by the flags process itself, over gRPC too.
+    let nobody = {
+        let env: Vec<(&str, &str)> = vec![(data.0, data.1.as_str())];
+        let out = maxai(
+            &["token", "--subject", "tenants/platform/users/nobody"],
+            &env,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        create_flag(&rest.http, "refused", &nobody).await,
+        reqwest::StatusCode::FORBIDDEN
+    );
+    let channel = tonic::transport::Channel::from_shared(rest.grpc.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut flags =
+        maxai_proto::maxai::flags::v1::feature_flags_service_client::FeatureFlagsServiceClient::new(
+            maxai_kit::auth::authed(channel, &nobody).expect("token"),
+        );
+    let err = flags
+        .list_flags(maxai_proto::maxai::flags::v1::ListFlagsRequest::default())
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    drop(iam);
 }

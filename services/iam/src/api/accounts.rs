@@ -274,6 +274,8 @@ impl ServiceAccountService for AccountsApi {
             .store
             .update_account(&next, expected.unwrap_or(current))
             .await?;
+        // Suspending or disabling takes the principal's grants away at once.
+        self.policy.changed().await;
         self.audit
             .changed(
                 &md,

@@ -43,11 +43,20 @@ const CLIENT_PATHS: &[&str] = &[
 pub struct TenantsApi {
     store: Arc<dyn TenancyStore>,
     audit: Arc<AuditLog>,
+    policy: Arc<crate::policy::PolicyEngine>,
 }
 
 impl TenantsApi {
-    pub fn new(store: Arc<dyn TenancyStore>, audit: Arc<AuditLog>) -> Self {
-        TenantsApi { store, audit }
+    pub fn new(
+        store: Arc<dyn TenancyStore>,
+        audit: Arc<AuditLog>,
+        policy: Arc<crate::policy::PolicyEngine>,
+    ) -> Self {
+        TenantsApi {
+            store,
+            audit,
+            policy,
+        }
     }
 
     async fn tenant(&self, id: &str) -> Result<Tenant> {
@@ -229,6 +238,8 @@ impl TenantService for TenantsApi {
         self.store
             .update_tenant(&gone, expected.unwrap_or(current.revision))
             .await?;
+        // Every credential of the tenant stops working now, on every replica.
+        self.policy.changed().await;
         tracing::info!(tenant = %id, "tenant deleted");
         self.audit
             .changed(

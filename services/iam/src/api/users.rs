@@ -269,6 +269,8 @@ impl UserService for UsersApi {
             .store
             .update_user(&next, expected.unwrap_or(current_revision))
             .await?;
+        // Suspending or disabling takes the principal's grants away at once.
+        self.policy.changed().await;
         self.audit
             .changed(
                 &md,
