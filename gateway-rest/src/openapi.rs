@@ -84,13 +84,18 @@ pub fn document(routes: &[Route]) -> Value {
             Some(f) if !route.response_body.is_empty() => field_schema(&f, &mut schemas),
             _ => message_ref(&output, &mut schemas),
         };
-        op.insert(
-            "responses".into(),
-            json!({
-                "200": {"description": "OK", "content": {"application/json": {"schema": response_schema}}},
-                "default": {"description": "Error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        let problem = json!({"description": "Error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+        let responses = match &route.redirect {
+            Some(field) => json!({
+                "302": {"description": format!("Redirect to the response's {field}"), "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}}},
+                "default": problem
             }),
-        );
+            None => json!({
+                "200": {"description": "OK", "content": {"application/json": {"schema": response_schema}}},
+                "default": problem
+            }),
+        };
+        op.insert("responses".into(), responses);
         if route.auth.public {
             op.insert("security".into(), json!([]));
         } else {
@@ -125,9 +130,12 @@ pub fn document(routes: &[Route]) -> Value {
         "info": {"title": "MaxAI Platform API", "version": "v1", "description": "Generated from the gRPC contracts' google.api.http annotations."},
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "An access token: from Google sign-in, a refresh, an API-key exchange or `maxai token`."},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "A service account's API key; the gateway exchanges it for an access token."}
+            }
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"apiKey": []}],
         "paths": paths,
     })
 }

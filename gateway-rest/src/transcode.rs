@@ -191,7 +191,16 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
 
 /// The JSON body of a successful response.
 pub fn response(route: &Route, msg: &DynamicMessage) -> Value {
-    let json = message_to_json(msg);
+    let mut json = message_to_json(msg);
+    // A JWK Set is read by JOSE libraries, not by people: RFC 7517 members that do not apply
+    // to a key type (an EdDSA key has no "n", "e" or "y") must be absent, not empty.
+    if msg.descriptor().full_name() == "maxai.iam.v1.GetJwksResponse" {
+        if let Some(keys) = json.get_mut("keys").and_then(Value::as_array_mut) {
+            for key in keys.iter_mut().filter_map(Value::as_object_mut) {
+                key.retain(|_, v| v.as_str() != Some(""));
+            }
+        }
+    }
     if route.response_body.is_empty() {
         return json;
     }

@@ -177,6 +177,83 @@ pub async fn bootstrap_platform_admin(sql: &store::SqlIamStore) -> anyhow::Resul
     Ok(())
 }
 
+/// For `maxai token --role`: makes sure `subject` (a user, created active if missing, in an
+/// existing tenant) holds `role` on `scope` (the subject's tenant when empty; the platform for
+/// `roles/platform-admin`). Idempotent; the grant is audited like any other.
+pub async fn ensure_grant(
+    storage_config: &StorageConfig,
+    subject: &str,
+    role: &str,
+    scope: Option<&str>,
+) -> anyhow::Result<()> {
+    use store::{AccessStore, AssignmentFilter, TenancyStore, UserStore};
+    let parts: Vec<&str> = subject.split('/').collect();
+    let ["tenants", t, "users", u] = parts.as_slice() else {
+        anyhow::bail!("--role needs a user subject: tenants/{{tenant}}/users/{{user}}");
+    };
+    let known_role = match role.strip_prefix("roles/") {
+        Some(id) => domain::built_in(id).is_some(),
+        None => role.starts_with(&format!("tenants/{t}/roles/")),
+    };
+    anyhow::ensure!(
+        known_role,
+        "--role {role} is not a built-in role (roles/...) or one of tenant {t}'s roles"
+    );
+    let scope = match scope {
+        Some(s) => s.to_owned(),
+        None if role == "roles/platform-admin" => String::new(),
+        None => format!("tenants/{t}"),
+    };
+    let db = storage::connect(storage_config, STORAGE_NAME, &MIGRATIONS).await?;
+    let sql = store::SqlIamStore::new(db);
+    anyhow::ensure!(
+        sql.get_tenant(t)
+            .await?
+            .is_some_and(|x| x.state == domain::TenantState::Active),
+        "tenant {t} does not exist or is not active; create it first (POST /v1/tenants)"
+    );
+    if sql.get_user(t, u).await?.is_none() {
+        let user = domain::User {
+            tenant_id: (*t).into(),
+            id: (*u).into(),
+            email: format!("{u}@{t}.invalid"),
+            display_name: (*u).into(),
+            state: domain::UserState::Active,
+            google_subject: String::new(),
+            hosted_domain: String::new(),
+            picture_uri: String::new(),
+            last_sign_in_at_us: None,
+            revision: 0,
+            created_at_us: 0,
+            updated_at_us: 0,
+        };
+        sql.create_user(&user, None).await?;
+    }
+    let filter = AssignmentFilter {
+        principal: Some(subject.into()),
+        role: Some(role.into()),
+        scope: Some(scope.clone()),
+        active_at_us: None,
+    };
+    if sql.list_assignments(t, &filter, None, 1).await?.is_empty() {
+        let a = domain::Assignment {
+            tenant_id: (*t).into(),
+            id: format!("cli-{}", uuid::Uuid::now_v7().simple()),
+            principal: subject.into(),
+            role: role.into(),
+            scope,
+            description: "granted by maxai token --role".into(),
+            expire_at_us: None,
+            creator: "maxai token".into(),
+            revision: 0,
+            created_at_us: 0,
+            updated_at_us: 0,
+        };
+        sql.create_assignment(&a, None).await?;
+    }
+    Ok(())
+}
+
 /// Opens storage (running migrations) and returns the gRPC servers.
 pub async fn start(
     storage_config: &StorageConfig,

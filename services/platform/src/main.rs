@@ -41,6 +41,13 @@ enum Command {
         /// Lifetime in seconds (default: iam.access_token_ttl_secs).
         #[arg(long)]
         ttl_secs: Option<u64>,
+        /// Also make sure the user exists and holds this role, e.g. roles/tenant-admin (the
+        /// tenant must exist). Replicas running now see the grant within their cache lifetime.
+        #[arg(long)]
+        role: Option<String>,
+        /// Scope of --role: tenants/{tenant} (default) or tenants/{tenant}/clients/{client}.
+        #[arg(long, requires = "role")]
+        scope: Option<String>,
     },
 }
 
@@ -55,7 +62,7 @@ fn banner(l: &Listeners) {
     let http = l.http.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
     let grpc = l.grpc.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
     println!(
-        "\nMaxAI Platform is up\n  REST     http://{http}   (OpenAPI: http://{http}/openapi.json)\n  gRPC     {grpc}   (health + reflection: grpcurl -plaintext {grpc} list)\n  metrics  http://{}/metrics\n\nTry:\n  curl -s -X POST http://{http}/v1/flags?flagId=new-dashboard -H 'content-type: application/json' \\\n    -d '{{\"description\":\"New dashboard\",\"stage\":\"STAGE_BETA\",\"environments\":[{{\"environment\":\"production\",\"enabled\":true,\"rolloutBasisPoints\":5000}}]}}'\n  curl -s -X POST http://{http}/v1/flags/new-dashboard:evaluate -H 'content-type: application/json' -d '{{\"context\":{{\"tenantId\":\"acme\"}}}}'\n  curl -s -X POST http://{http}/ofrep/v1/evaluate/flags -H 'content-type: application/json' -d '{{\"context\":{{\"tenantId\":\"acme\"}}}}'\n\nPlatform admin: tenants/platform/users/admin (roles/platform-admin). Its token:\n  maxai token --subject tenants/platform/users/admin\n",
+        "\nMaxAI Platform is up\n  REST     http://{http}   (OpenAPI: http://{http}/openapi.json)\n  gRPC     {grpc}   (health + reflection: grpcurl -plaintext {grpc} list)\n  metrics  http://{}/metrics\n\nEvery call but sign-in, JWKS and health needs a bearer token. The platform admin\n(tenants/platform/users/admin, roles/platform-admin) gets one with:\n  TOKEN=$(maxai token --subject tenants/platform/users/admin)\n\nTry:\n  curl -s -X POST http://{http}/v1/tenants?tenantId=acme -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' \\\n    -d '{{\"displayName\":\"Acme Agency\",\"contactEmail\":\"ops@acme.example\"}}'\n  curl -s -X POST http://{http}/v1/flags?flagId=new-dashboard -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' \\\n    -d '{{\"description\":\"New dashboard\",\"stage\":\"STAGE_BETA\",\"environments\":[{{\"environment\":\"production\",\"enabled\":true,\"rolloutBasisPoints\":5000}}]}}'\n  curl -s -X POST http://{http}/ofrep/v1/evaluate/flags -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"context\":{{\"tenantId\":\"acme\"}}}}'\n  curl -s http://{http}/.well-known/jwks.json\n\nA tenant admin of acme: maxai token --subject tenants/acme/users/ann --role roles/tenant-admin\n",
         l.metrics
     );
 }
@@ -83,12 +90,21 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Token { subject, ttl_secs } => {
+        Command::Token {
+            subject,
+            ttl_secs,
+            role,
+            scope,
+        } => {
             let parts: Vec<&str> = subject.split('/').collect();
             let tenant = match parts.as_slice() {
                 ["tenants", t, "users" | "serviceAccounts", id] if !t.is_empty() && !id.is_empty() => t.to_string(),
                 _ => anyhow::bail!("--subject must be tenants/{{tenant}}/users/{{user}} or tenants/{{tenant}}/serviceAccounts/{{account}}"),
             };
+            if let Some(role) = &role {
+                maxai_iam::ensure_grant(&config.storage, &subject, role, scope.as_deref()).await?;
+                eprintln!("{subject} holds {role}");
+            }
             let ring = maxai_iam::key_ring(&config.storage, &config.iam).await?;
             let (token, claims) = ring.issue(
                 &subject,

@@ -66,6 +66,10 @@ impl Up {
 }
 
 async fn up(backend: &Backend) -> Up {
+    up_with(backend, |_| {}).await
+}
+
+async fn up_with(backend: &Backend, adjust: impl FnOnce(&mut PlatformConfig)) -> Up {
     let mut config = PlatformConfig::load(None).expect("defaults");
     config.storage = backend.storage.clone();
     config.iam.master_key = secrecy::SecretString::from(KEY.to_owned());
@@ -78,6 +82,7 @@ async fn up(backend: &Backend) -> Up {
     }
     // The matrix sends hundreds of calls from one address on purpose.
     config.gateway.rate_limits.enabled = false;
+    adjust(&mut config);
     let sockets = Sockets::bind(&config).await.expect("bind");
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -443,4 +448,83 @@ fn lower_camel(snake: &str) -> String {
         }
     }
     out
+}
+
+/// The public routes answer without a credential, as their standards expect: the JWK Set with
+/// only the members an Ed25519 key has, and Google sign-in as a browser redirect.
+#[tokio::test]
+async fn public_routes_need_no_credential() {
+    let google = maxai_fakes::google_oidc::FakeGoogle::start(Default::default()).await;
+    let callback = "http://127.0.0.1:9/v1/auth/google/callback";
+    google.add_client(maxai_fakes::google_oidc::FakeGoogleClient {
+        client_id: "maxai-test".into(),
+        client_secret: "secret".into(),
+        redirect_uris: vec![callback.into()],
+    });
+    let backend = maxai_testkit::sqlite();
+    let discovery = google.discovery_url();
+    let up = up_with(&backend, |c| {
+        c.iam.google.client_id = "maxai-test".into();
+        c.iam.google.client_secret = secrecy::SecretString::from("secret".to_owned());
+        c.iam.google.discovery_url = discovery;
+        c.iam.google.redirect_uri = callback.into();
+    })
+    .await;
+    let (status, jwks) = up
+        .call(Method::GET, "/.well-known/jwks.json", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{jwks}");
+    let key = &jwks["keys"][0];
+    assert_eq!(
+        (&key["kty"], &key["crv"], &key["alg"], &key["use"]),
+        (
+            &json!("OKP"),
+            &json!("Ed25519"),
+            &json!("EdDSA"),
+            &json!("sig")
+        ),
+        "{jwks}"
+    );
+    for absent in ["n", "e", "y"] {
+        assert!(key.get(absent).is_none(), "{absent} must be absent: {jwks}");
+    }
+    let kid = key["kid"].as_str().expect("kid");
+    let token = up.token(maxai_iam::BOOTSTRAP_ADMIN);
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.split('.').next().expect("header"),
+        )
+        .expect("base64"),
+    )
+    .expect("json");
+    assert_eq!(header["kid"], kid, "tokens name the published key");
+
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let resp = no_redirects
+        .get(format!("{}/v1/auth/google/login", up.http))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    let location = resp.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert!(
+        location.starts_with(&google.base_url().to_string()),
+        "{location}"
+    );
+    for part in [
+        "state=",
+        "nonce=",
+        "code_challenge=",
+        "code_challenge_method=S256",
+        "client_id=maxai-test",
+    ] {
+        assert!(location.contains(part), "{part} missing from {location}");
+    }
 }
