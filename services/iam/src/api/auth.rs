@@ -184,6 +184,20 @@ impl AuthService for AuthApi {
                 let (access, claims) =
                     self.keys
                         .issue(&holder.principal, &holder.tenant_id, None)?;
+                let who = Caller {
+                    actor: holder.principal.clone(),
+                    ..caller
+                };
+                self.audit
+                    .changed(
+                        &who,
+                        &holder.tenant_id,
+                        action,
+                        "",
+                        &holder.principal,
+                        serde_json::json!({"token": "refresh", "jti": claims.jti}),
+                    )
+                    .await;
                 Ok(Response::new(pb::RefreshTokenResponse {
                     tokens: Some(pb::TokenSet {
                         access_token: access,
