@@ -98,9 +98,12 @@ impl RefreshTokens {
         let hash = secret_hash(token);
         let now = now_micros();
         let row: Option<Row> = on_db!(&self.db, |pool| {
+            // Revoked is a property of the family: a successor written while its family was
+            // being revoked (two refreshes of one token racing) carries no mark of its own.
             sqlx::query_as(
-                "SELECT family_id, tenant_id, principal, family_expires_at_us, used_at_us, revoked_at_us \
-                 FROM refresh_tokens WHERE token_hash = $1",
+                "SELECT t.family_id, t.tenant_id, t.principal, t.family_expires_at_us, t.used_at_us, \
+                 (SELECT MAX(f.revoked_at_us) FROM refresh_tokens f WHERE f.family_id = t.family_id) \
+                 FROM refresh_tokens t WHERE t.token_hash = $1",
             )
             .bind(&hash)
             .fetch_optional(pool)

@@ -433,9 +433,14 @@ impl GoogleSignIn {
                 .fetch_all(pool)
                 .await
         })?;
-        let preferred = wanted
-            .clone()
-            .or_else(|| binding.as_ref().map(|b| b.tenant_id.clone()));
+        // Only a verified binding routes the account: an unverified claim on a domain must not
+        // take its invited users away from the tenant that invited them.
+        let preferred = wanted.clone().or_else(|| {
+            binding
+                .as_ref()
+                .filter(|b| b.verified_at_us.is_some())
+                .map(|b| b.tenant_id.clone())
+        });
         let existing = match &preferred {
             Some(t) => rows.iter().find(|(tid, _)| tid == t),
             None if rows.len() == 1 => rows.first(),
