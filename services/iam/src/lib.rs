@@ -254,6 +254,35 @@ pub async fn ensure_grant(
     Ok(())
 }
 
+/// Reloads the key ring when any replica announces a rotation, and every minute (a key's
+/// overlap window ends without an announcement).
+async fn follow_key_rotations(
+    ring: Arc<tokens::KeyRing>,
+    shared: &SharedState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut rx = shared
+        .notifier
+        .subscribe(maxai_kit::auth::KEYS_CHANNEL)
+        .await?;
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = rx.recv() => {
+                    if matches!(msg, Err(tokio::sync::broadcast::error::RecvError::Closed)) { break }
+                }
+                _ = every.tick() => {}
+            }
+            if let Err(e) = ring.refresh().await {
+                tracing::warn!(error = %e, "could not reload the signing keys");
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Opens storage (running migrations) and returns the gRPC servers.
 pub async fn start(
     storage_config: &StorageConfig,
@@ -264,6 +293,7 @@ pub async fn start(
 ) -> anyhow::Result<Servers> {
     let db = storage::connect(storage_config, STORAGE_NAME, &MIGRATIONS).await?;
     let key_ring = Arc::new(open_key_ring(db.clone(), storage_config, config).await?);
+    follow_key_rotations(key_ring.clone(), shared, shutdown.clone()).await?;
     let sql = Arc::new(store::SqlIamStore::new(db.clone()));
     if config.bootstrap_admin {
         bootstrap_platform_admin(&sql).await?;

@@ -101,6 +101,11 @@ impl PolicyEngine {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
+    /// The notifier replicas share (revocations ride on it too).
+    pub fn notifier(&self) -> &dyn Notifier {
+        self.notifier.as_ref()
+    }
+
     /// Forgets every decision here and on every other replica.
     pub async fn changed(&self) {
         self.clear();

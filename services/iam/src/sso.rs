@@ -247,6 +247,14 @@ impl GoogleSignIn {
         let verifier = random_token(48);
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
         let expires = now_micros() + STATE_TTL.as_micros() as i64;
+        // Abandoned sign-ins do not pile up: each start sweeps the expired ones.
+        on_db!(&self.db, |pool| {
+            sqlx::query("DELETE FROM sign_in_states WHERE expires_at_us < $1")
+                .bind(now_micros())
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })?;
         on_db!(&self.db, |pool| {
             sqlx::query(
                 "INSERT INTO sign_in_states (state, nonce, code_verifier, return_to, tenant, expires_at_us) VALUES ($1, $2, $3, $4, $5, $6)",

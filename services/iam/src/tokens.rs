@@ -357,6 +357,11 @@ impl KeyRing {
             .collect()
     }
 
+    /// Reloads the keys from storage (another replica rotated, or a key's window ended).
+    pub async fn refresh(&self) -> Result<()> {
+        self.reload().await
+    }
+
     /// Issues an access token for `subject` (a principal of `tenant_id`).
     pub fn issue(
         &self,
@@ -364,9 +369,15 @@ impl KeyRing {
         tenant_id: &str,
         ttl: Option<Duration>,
     ) -> Result<(String, AccessClaims)> {
+        let claims = self.claims(subject, tenant_id, ttl);
+        Ok((self.sign(&claims)?, claims))
+    }
+
+    /// The claims [`KeyRing::issue`] would sign, to adjust before [`KeyRing::sign`].
+    pub fn claims(&self, subject: &str, tenant_id: &str, ttl: Option<Duration>) -> AccessClaims {
         let now = now_micros() / 1_000_000;
         let ttl = ttl.unwrap_or(self.ttl).as_secs() as i64;
-        let claims = AccessClaims {
+        AccessClaims {
             iss: self.issuer.clone(),
             sub: subject.to_owned(),
             aud: AUDIENCE.to_owned(),
@@ -375,8 +386,8 @@ impl KeyRing {
             nbf: now,
             exp: now + ttl,
             jti: uuid::Uuid::now_v7().to_string(),
-        };
-        Ok((self.sign(&claims)?, claims))
+            key: String::new(),
+        }
     }
 
     /// Signs `claims` as they are with the active key (tokens for tests and service tokens).

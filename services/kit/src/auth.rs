@@ -32,6 +32,9 @@ use crate::{descriptors, storage::now_micros, Error, ErrorKind, Result};
 pub const AUDIENCE: &str = "maxai-api";
 /// Notifier channel on which revoked access-token ids are announced (`{jti} {exp}`).
 pub const REVOKED_CHANNEL: &str = "iam.tokens.revoked";
+/// Notifier channel on which IAM announces a signing-key rotation: verifiers and key rings
+/// reload at once instead of meeting the new `kid` as a stranger.
+pub const KEYS_CHANNEL: &str = "iam.keys.rotated";
 /// Notifier channel on which IAM announces role and assignment changes.
 pub const POLICY_CHANNEL: &str = "iam.policy.changed";
 /// Verified tokens kept at most; past it the cache starts over (cheap to refill).
@@ -40,7 +43,7 @@ const VERIFIED_CAPACITY: usize = 50_000;
 const LEEWAY_SECS: u64 = 5;
 /// An unknown `kid` refetches the JWK Set at most this often (a new key after rotation is seen
 /// at once; a stream of forged kids cannot hammer IAM).
-const REFETCH_EVERY: Duration = Duration::from_secs(5);
+const REFETCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Claims of a platform access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +58,10 @@ pub struct Claims {
     pub nbf: i64,
     pub exp: i64,
     pub jti: String,
+    /// The API key (`tenants/{t}/serviceAccounts/{s}/apiKeys/{k}`) this token was exchanged
+    /// for, so deleting the key revokes it; absent otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
 }
 
 /// Who is calling, as proven by a verified access token.
@@ -65,6 +72,8 @@ pub struct Principal {
     pub token_id: String,
     /// Unix seconds.
     pub expires_at: i64,
+    /// The API key the token was exchanged for, when it was.
+    pub api_key: String,
 }
 
 impl Principal {
@@ -144,7 +153,8 @@ impl Verifier {
         })
     }
 
-    /// Follows revocations announced by any replica until `shutdown`.
+    /// Follows revocations (a token id or an API key name, with its expiry) and key rotations
+    /// announced by any replica until `shutdown`.
     pub async fn follow_revocations(
         self: &Arc<Self>,
         notifier: &dyn crate::shared_state::Notifier,
@@ -154,11 +164,22 @@ impl Verifier {
             .subscribe(REVOKED_CHANNEL)
             .await
             .map_err(Error::internal)?;
+        let mut rotations = notifier
+            .subscribe(KEYS_CHANNEL)
+            .await
+            .map_err(Error::internal)?;
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
+                    rotated = rotations.recv() => {
+                        if matches!(rotated, Err(tokio::sync::broadcast::error::RecvError::Closed)) { break }
+                        let Some(v) = me.upgrade() else { break };
+                        if let Err(e) = v.reload().await {
+                            tracing::warn!(error = %e, "could not reload the token keys after a rotation");
+                        }
+                    }
                     msg = rx.recv() => match msg {
                         Ok(text) => {
                             let Some(v) = me.upgrade() else { break };
@@ -191,7 +212,7 @@ impl Verifier {
         self.verified
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, p| p.token_id != jti);
+            .retain(|_, p| p.token_id != jti && p.api_key != jti);
     }
 
     /// Verifies `token`: signature, `kid`, issuer, audience, lifetime, not revoked.
@@ -229,12 +250,12 @@ impl Verifier {
                 .map_err(|_| unauthenticated())?
                 .claims
         };
-        if self
-            .revoked
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&claims.jti)
-        {
+        let barred = {
+            let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+            revoked.contains_key(&claims.jti)
+                || (!claims.key.is_empty() && revoked.contains_key(&claims.key))
+        };
+        if barred {
             return Err(unauthenticated());
         }
         let principal = Principal {
@@ -242,6 +263,7 @@ impl Verifier {
             tenant: claims.tid,
             token_id: claims.jti,
             expires_at: claims.exp,
+            api_key: claims.key,
         };
         let mut verified = self.verified.write().unwrap_or_else(|p| p.into_inner());
         if verified.len() >= VERIFIED_CAPACITY {

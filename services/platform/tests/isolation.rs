@@ -340,6 +340,7 @@ async fn tenant_a_cannot_touch_tenant_b_and_bad_credentials_are_401() {
             nbf: now,
             exp: now + 600,
             jti: "t1".into(),
+            key: String::new(),
         };
         let expired = up
             .ring

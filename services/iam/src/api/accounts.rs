@@ -459,6 +459,16 @@ impl ServiceAccountService for AccountsApi {
         let pb::DeleteApiKeyRequest { name } = request.into_inner();
         let (t, a, k) = key_name(&name, "name")?;
         self.store.delete_key(&t, &a, &k).await?;
+        // Tokens exchanged for the key live at most an hour: refuse them everywhere until then.
+        let until = now_micros() / 1_000_000 + 3600 + 60;
+        if let Err(e) = self
+            .policy
+            .notifier()
+            .publish(maxai_kit::auth::REVOKED_CHANNEL, &format!("{name} {until}"))
+            .await
+        {
+            tracing::warn!(error = %e, key = %name, "could not announce the key's revocation");
+        }
         self.audit
             .changed(
                 &md,

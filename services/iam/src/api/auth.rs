@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use maxai_kit::{
-    auth::REVOKED_CHANNEL,
+    auth::{KEYS_CHANNEL, REVOKED_CHANNEL},
     paging::{decode_token, next_page, page_size},
     resource::timestamp,
     shared_state::Notifier,
@@ -19,7 +19,7 @@ use crate::{
     sessions::{Refresh, RefreshTokens},
     sso::GoogleSignIn,
     store::{AccountStore, TenancyStore},
-    tokens::{jwk, KeyRing, KeyState, PublicKey},
+    tokens::{jwk, AccessClaims, KeyRing, KeyState, PublicKey},
 };
 
 /// API-key exchanges get at most this lifetime.
@@ -326,9 +326,23 @@ impl AuthService for AuthApi {
             .and_then(|d| Duration::try_from(d).ok())
             .filter(|d| !d.is_zero())
             .map_or(MAX_EXCHANGE_TTL, |d| d.min(MAX_EXCHANGE_TTL));
-        let tokens = self
-            .token_set(&account.tenant_id, &account.name(), Some(ttl), false)
-            .await?;
+        super::active_tenant(self.tenancy.as_ref(), &account.tenant_id).await?;
+        // The token names its key, so deleting the key revokes it everywhere.
+        let claims = AccessClaims {
+            key: key.name(),
+            ..self
+                .keys
+                .claims(&account.name(), &account.tenant_id, Some(ttl))
+        };
+        let tokens = pb::TokenSet {
+            access_token: self.keys.sign(&claims)?,
+            token_type: "Bearer".into(),
+            access_token_expire_time: Some(timestamp(claims.exp * 1_000_000)),
+            refresh_token: String::new(),
+            refresh_token_expire_time: None,
+            principal: account.name(),
+            tenant: format!("tenants/{}", account.tenant_id),
+        };
         let who = Caller {
             actor: account.name(),
             ..caller
@@ -413,6 +427,10 @@ impl AuthService for AuthApi {
             }
         };
         let active = self.keys.rotate(grace).await?;
+        // Every verifier and key ring reloads now, not when it first meets the new kid.
+        if let Err(e) = self.notifier.publish(KEYS_CHANNEL, &active.kid).await {
+            tracing::warn!(error = %e, "could not announce the rotation; replicas reload within a minute");
+        }
         let retiring: Vec<pb::SigningKey> = self
             .keys
             .published()
