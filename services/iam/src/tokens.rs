@@ -2,117 +2,16 @@
 //! (AES-256-GCM under the master key, the key id as associated data so a ciphertext cannot be
 //! moved to another key's row) and rotated with an overlap window in which the previous key
 //! still verifies. `maxai token` mints from here, and the JWKS publishes the public halves.
-use std::{path::Path, sync::RwLock, time::Duration};
+use std::{sync::RwLock, time::Duration};
 
-use aes_gcm::{
-    aead::{Aead, KeyInit, Payload},
-    Aes256Gcm, Key, Nonce,
-};
-use base64::{
-    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
-    Engine,
-};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use maxai_kit::{on_db, storage::now_micros, storage::Db, Error, ErrorKind, Result};
 use rand::RngCore;
-use secrecy::{ExposeSecret, SecretString};
 
 pub use maxai_kit::auth::{Claims as AccessClaims, AUDIENCE};
 
-/// The AES-256-GCM master key, from config or (embedded default) a key file made on first use.
-pub struct MasterKey(Key<Aes256Gcm>);
-
-impl MasterKey {
-    pub fn from_config(
-        configured: &SecretString,
-        data_dir: &Path,
-        embedded: bool,
-    ) -> anyhow::Result<Self> {
-        let raw = configured.expose_secret();
-        if !raw.is_empty() {
-            let bytes = STANDARD
-                .decode(raw.trim())
-                .map_err(|_| anyhow::anyhow!("iam.master_key: not base64"))?;
-            anyhow::ensure!(
-                bytes.len() == 32,
-                "iam.master_key: must be 32 bytes (base64 of 32 random bytes)"
-            );
-            return Ok(MasterKey(*Key::<Aes256Gcm>::from_slice(&bytes)));
-        }
-        anyhow::ensure!(
-            embedded,
-            "iam.master_key is required when storage is not the embedded SQLite default"
-        );
-        let path = data_dir.join("iam-master.key");
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let bytes = STANDARD
-                .decode(text.trim())
-                .map_err(|_| anyhow::anyhow!("{}: not base64", path.display()))?;
-            anyhow::ensure!(bytes.len() == 32, "{}: must hold 32 bytes", path.display());
-            return Ok(MasterKey(*Key::<Aes256Gcm>::from_slice(&bytes)));
-        }
-        std::fs::create_dir_all(data_dir)?;
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        write_private(&path, STANDARD.encode(bytes).as_bytes())?;
-        tracing::info!(path = %path.display(), "created a local master key for the embedded key store");
-        Ok(MasterKey(*Key::<Aes256Gcm>::from_slice(&bytes)))
-    }
-
-    fn seal(&self, kid: &str, plain: &[u8]) -> Result<String> {
-        let mut nonce = [0u8; 12];
-        rand::rng().fill_bytes(&mut nonce);
-        let ct = Aes256Gcm::new(&self.0)
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plain,
-                    aad: kid.as_bytes(),
-                },
-            )
-            .map_err(|_| Error::internal(anyhow::anyhow!("encryption failed")))?;
-        Ok(STANDARD.encode([nonce.as_slice(), &ct].concat()))
-    }
-
-    fn open(&self, kid: &str, sealed: &str) -> Result<Vec<u8>> {
-        let bytes = STANDARD
-            .decode(sealed)
-            .map_err(|_| Error::internal(anyhow::anyhow!("sealed key is not base64")))?;
-        if bytes.len() < 12 {
-            return Err(Error::internal(anyhow::anyhow!("sealed key too short")));
-        }
-        let (nonce, ct) = bytes.split_at(12);
-        Aes256Gcm::new(&self.0)
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: kid.as_bytes(),
-                },
-            )
-            .map_err(|_| {
-                Error::internal(anyhow::anyhow!(
-                    "signing key {kid} does not open with this master key"
-                ))
-            })
-    }
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
-}
+pub use maxai_kit::sealed::MasterKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
@@ -446,21 +345,5 @@ impl maxai_kit::auth::KeySource for KeyRing {
         // Another replica may have rotated: read storage, not only this process's copy.
         self.reload().await?;
         Ok(self.published().iter().map(jwk).collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sealing_binds_to_the_key_id_and_the_master_key() {
-        let a = MasterKey(*Key::<Aes256Gcm>::from_slice(&[7u8; 32]));
-        let b = MasterKey(*Key::<Aes256Gcm>::from_slice(&[8u8; 32]));
-        let sealed = a.seal("k1", b"secret seed").unwrap();
-        assert_eq!(a.open("k1", &sealed).unwrap(), b"secret seed");
-        assert!(a.open("k2", &sealed).is_err(), "moved to another key's row");
-        assert!(b.open("k1", &sealed).is_err(), "another master key");
-        assert!(!sealed.contains(&STANDARD.encode(b"secret seed")));
     }
 }

@@ -14,6 +14,7 @@
 //! | [`dynamic`] | JSON ⇄ protobuf calls to any RPC through the descriptor pool |
 //! | [`paging`] | AIP-158 page sizes and tokens |
 //! | [`rate_limit`] | GCRA rate limiting: Redis script or memory |
+//! | [`sealed`] | secrets sealed at rest under the master key (AES-256-GCM, owner as associated data) |
 //! | [`resource`] | etags, timestamps, field masks, request ids, resource ids |
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod paging;
 pub mod rate_limit;
 pub mod resource;
+pub mod sealed;
 pub mod server;
 pub mod shared_state;
 pub mod storage;
