@@ -13,6 +13,7 @@
 //! | [`transcode`] | REST ⇄ proto3 JSON ⇄ protobuf |
 //! | [`problem`] | RFC 7807 answers |
 //! | [`openapi`] | OpenAPI 3.1 document |
+//! | [`webhooks`] | `POST /v1/webhooks/{provider}`: raw bytes, headers and public URL to the ingress |
 //! | [`ofrep`] | OpenFeature Remote Evaluation Protocol endpoints |
 #![forbid(unsafe_code)]
 // Problems are built on the failure path only; boxing them buys nothing measurable.
@@ -24,6 +25,7 @@ pub mod problem;
 pub mod routes;
 pub mod template;
 pub mod transcode;
+pub mod webhooks;
 
 use std::{
     sync::{
@@ -399,6 +401,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::handler))
+        .route(
+            "/v1/webhooks/{provider}",
+            axum::routing::post(webhooks::handler),
+        )
         .nest("/ofrep/v1", ofrep::router())
         .fallback(transcoded)
         .layer(middleware::from_fn_with_state(
@@ -526,8 +532,9 @@ async fn transcoded_inner(gw: &Gateway, req: Request) -> Result<Response, Proble
     let path = req.uri().path().to_owned();
     let mut allowed: Vec<Method> = Vec::new();
     let mut found = None;
+    let split = template::SplitPath::new(&path);
     for route in &gw.routes {
-        if let Some(bound) = route.template.matches(&path) {
+        if let Some(bound) = split.as_ref().and_then(|p| route.template.matches_split(p)) {
             if route.http_method == req.method() {
                 found = Some((route, bound));
                 break;
@@ -605,7 +612,14 @@ async fn transcoded_inner(gw: &Gateway, req: Request) -> Result<Response, Proble
             return Ok(resp);
         }
     }
-    let mut resp = Json(transcode::response(route, reply.get_ref())).into_response();
+    let mut resp = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        transcode::response_bytes(route, reply.get_ref()),
+    )
+        .into_response();
     resp.extensions_mut()
         .insert(RouteLabel(route.template.raw().to_owned()));
     Ok(resp)

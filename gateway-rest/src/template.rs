@@ -98,28 +98,24 @@ impl PathTemplate {
 
     /// The variables bound by `path` (percent-decoded), or `None` when it does not match.
     pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
-        let path = path.strip_prefix('/')?;
-        let body = match &self.verb {
-            Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
-            None => path,
-        };
-        let segs: Vec<&str> = if body.is_empty() {
-            Vec::new()
-        } else {
-            body.split('/').collect()
-        };
-        if self.verb.is_none() && segs.last().is_some_and(|s| s.contains(':')) {
+        self.matches_split(&SplitPath::new(path)?)
+    }
+
+    /// [`PathTemplate::matches`] for a path split once for every route tried.
+    pub fn matches_split(&self, path: &SplitPath<'_>) -> Option<Vec<(String, String)>> {
+        if self.verb.as_deref() != path.verb {
             return None;
         }
+        let segs = &path.segments;
         let mut bound = Vec::new();
         let mut i = 0;
         for segment in &self.segments {
             match segment {
-                Segment::Part(part) => i = match_part(part, &segs, i)?,
+                Segment::Part(part) => i = match_part(part, segs, i)?,
                 Segment::Variable { field, parts } => {
                     let start = i;
                     for part in parts {
-                        i = match_part(part, &segs, i)?;
+                        i = match_part(part, segs, i)?;
                     }
                     let raw = segs[start..i].join("/");
                     bound.push((
@@ -253,5 +249,32 @@ mod tests {
         );
         let t = PathTemplate::parse("/v1/webhooks/{provider}").unwrap();
         assert_eq!(t.openapi_path().0, "/v1/webhooks/{provider}");
+    }
+}
+
+/// A request path split into segments and its trailing `:verb`, once per request.
+pub struct SplitPath<'a> {
+    segments: Vec<&'a str>,
+    verb: Option<&'a str>,
+}
+
+impl<'a> SplitPath<'a> {
+    /// `None` for a path not starting with `/`.
+    pub fn new(path: &'a str) -> Option<Self> {
+        let path = path.strip_prefix('/')?;
+        let mut segments: Vec<&str> = if path.is_empty() {
+            Vec::new()
+        } else {
+            path.split('/').collect()
+        };
+        // The verb follows the last ':' of the last segment.
+        let mut verb = None;
+        if let Some(last) = segments.last_mut() {
+            if let Some((head, v)) = last.rsplit_once(':') {
+                *last = head;
+                verb = Some(v);
+            }
+        }
+        Some(SplitPath { segments, verb })
     }
 }

@@ -190,6 +190,22 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
 }
 
 /// The JSON body of a successful response.
+/// The response body as JSON bytes. The common shapes (the whole message, or one message
+/// field of it) are serialized directly; the rest goes through [`response`].
+pub fn response_bytes(route: &Route, msg: &DynamicMessage) -> Vec<u8> {
+    if msg.descriptor().full_name() != "maxai.iam.v1.GetJwksResponse" {
+        if route.response_body.is_empty() {
+            return maxai_kit::dynamic::message_to_json_bytes(msg);
+        }
+        if let Some(field) = msg.descriptor().get_field_by_name(&route.response_body) {
+            if let prost_reflect::Value::Message(inner) = msg.get_field(&field).as_ref() {
+                return maxai_kit::dynamic::message_to_json_bytes(inner);
+            }
+        }
+    }
+    serde_json::to_vec(&response(route, msg)).unwrap_or_default()
+}
+
 pub fn response(route: &Route, msg: &DynamicMessage) -> Value {
     let mut json = message_to_json(msg);
     // A JWK Set is read by JOSE libraries, not by people: RFC 7517 members that do not apply

@@ -63,6 +63,18 @@ pub fn message_from_json(
     DynamicMessage::deserialize_with_options(desc, json, &options).map_err(|e| e.to_string())
 }
 
+/// Message → proto3 JSON bytes, written straight out (no intermediate `Value` tree): the
+/// gateway's hot path.
+pub fn message_to_json_bytes(msg: &DynamicMessage) -> Vec<u8> {
+    let options = SerializeOptions::new().skip_default_fields(false);
+    let mut out = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::new(&mut out);
+    match msg.serialize_with_options(&mut serializer, &options) {
+        Ok(()) => out,
+        Err(_) => b"null".to_vec(),
+    }
+}
+
 /// Message → proto3 JSON (lowerCamelCase names, enums as names, 64-bit integers as strings).
 pub fn message_to_json(msg: &DynamicMessage) -> serde_json::Value {
     // Defaults are written out: REST clients should not need the proto3 rule that `false` is absent.
