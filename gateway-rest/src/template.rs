@@ -199,6 +199,33 @@ fn match_part(part: &Part, segs: &[&str], i: usize) -> Option<usize> {
     }
 }
 
+/// A request path split into segments and its trailing `:verb`, once per request.
+pub struct SplitPath<'a> {
+    segments: Vec<&'a str>,
+    verb: Option<&'a str>,
+}
+
+impl<'a> SplitPath<'a> {
+    /// `None` for a path not starting with `/`.
+    pub fn new(path: &'a str) -> Option<Self> {
+        let path = path.strip_prefix('/')?;
+        let mut segments: Vec<&str> = if path.is_empty() {
+            Vec::new()
+        } else {
+            path.split('/').collect()
+        };
+        // The verb follows the last ':' of the last segment.
+        let mut verb = None;
+        if let Some(last) = segments.last_mut() {
+            if let Some((head, v)) = last.rsplit_once(':') {
+                *last = head;
+                verb = Some(v);
+            }
+        }
+        Some(SplitPath { segments, verb })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,29 +279,3 @@ mod tests {
     }
 }
 
-/// A request path split into segments and its trailing `:verb`, once per request.
-pub struct SplitPath<'a> {
-    segments: Vec<&'a str>,
-    verb: Option<&'a str>,
-}
-
-impl<'a> SplitPath<'a> {
-    /// `None` for a path not starting with `/`.
-    pub fn new(path: &'a str) -> Option<Self> {
-        let path = path.strip_prefix('/')?;
-        let mut segments: Vec<&str> = if path.is_empty() {
-            Vec::new()
-        } else {
-            path.split('/').collect()
-        };
-        // The verb follows the last ':' of the last segment.
-        let mut verb = None;
-        if let Some(last) = segments.last_mut() {
-            if let Some((head, v)) = last.rsplit_once(':') {
-                *last = head;
-                verb = Some(v);
-            }
-        }
-        Some(SplitPath { segments, verb })
-    }
-}
