@@ -111,6 +111,8 @@ impl Servers {
 /// The operator's tenant and the bootstrap platform admin.
 pub const PLATFORM_TENANT: &str = "platform";
 pub const BOOTSTRAP_ADMIN: &str = "tenants/platform/users/admin";
+/// The identity the platform's services call each other with (`roles/platform-service`).
+pub const SERVICE_ACCOUNT: &str = "tenants/platform/serviceAccounts/mesh";
 
 /// Makes sure the platform operator exists (idempotent, safe on every start of every replica).
 pub async fn bootstrap_platform_admin(sql: &store::SqlIamStore) -> anyhow::Result<()> {
@@ -173,6 +175,46 @@ pub async fn bootstrap_platform_admin(sql: &store::SqlIamStore) -> anyhow::Resul
             updated_at_us: 0,
         };
         sql.create_assignment(&a, Some("bootstrap-admin")).await?;
+    }
+    use store::AccountStore;
+    if sql.get_account(PLATFORM_TENANT, "mesh").await?.is_none() {
+        let account = domain::ServiceAccount {
+            tenant_id: PLATFORM_TENANT.into(),
+            id: "mesh".into(),
+            display_name: "Platform services".into(),
+            description: "The identity the platform's own services call each other with".into(),
+            disabled: false,
+            revision: 0,
+            created_at_us: 0,
+            updated_at_us: 0,
+        };
+        sql.create_account(&account, Some("bootstrap-mesh")).await?;
+    }
+    let filter = AssignmentFilter {
+        principal: Some(SERVICE_ACCOUNT.into()),
+        role: Some(format!("roles/{}", domain::PLATFORM_SERVICE)),
+        scope: Some(String::new()),
+        active_at_us: None,
+    };
+    if sql
+        .list_assignments(PLATFORM_TENANT, &filter, None, 1)
+        .await?
+        .is_empty()
+    {
+        let a = domain::Assignment {
+            tenant_id: PLATFORM_TENANT.into(),
+            id: "bootstrap-mesh".into(),
+            principal: SERVICE_ACCOUNT.into(),
+            role: format!("roles/{}", domain::PLATFORM_SERVICE),
+            scope: String::new(),
+            description: "made by maxai on first start: service-to-service calls".into(),
+            expire_at_us: None,
+            creator: "system".into(),
+            revision: 0,
+            created_at_us: 0,
+            updated_at_us: 0,
+        };
+        sql.create_assignment(&a, Some("bootstrap-mesh")).await?;
     }
     Ok(())
 }
@@ -395,18 +437,6 @@ pub async fn start(
     })
 }
 
-/// Whether storage is the embedded SQLite default (where a local master-key file is allowed),
-/// and the folder its files live in.
-fn embedded_dir(storage: &StorageConfig) -> Option<std::path::PathBuf> {
-    use secrecy::ExposeSecret;
-    let url = storage.database_url.expose_secret();
-    match url.strip_prefix("sqlite://") {
-        Some(dir) if !dir.is_empty() => Some(dir.into()),
-        _ if url.is_empty() || url.starts_with("sqlite://") => Some(storage.data_dir.clone()),
-        _ => None,
-    }
-}
-
 /// The platform's signing keys (for `maxai token` and, with enforcement, every service).
 pub async fn key_ring(
     storage: &StorageConfig,
@@ -421,12 +451,7 @@ async fn open_key_ring(
     storage: &StorageConfig,
     config: &config::IamConfig,
 ) -> anyhow::Result<tokens::KeyRing> {
-    let dir = embedded_dir(storage);
-    let master = tokens::MasterKey::from_config(
-        &config.master_key,
-        dir.as_deref().unwrap_or(std::path::Path::new(".")),
-        dir.is_some(),
-    )?;
+    let master = tokens::MasterKey::for_storage(&config.master_key, storage)?;
     let ttl = std::time::Duration::from_secs(config.access_token_ttl_secs.max(1));
     // Keep the cause: "does not open with this master key" is what an operator needs to read.
     tokens::KeyRing::open(db, master, config.issuer.clone(), ttl)

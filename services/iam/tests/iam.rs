@@ -615,7 +615,8 @@ mod access {
                 "roles/tenant-admin",
                 "roles/tenant-member",
                 "roles/client-admin",
-                "roles/client-viewer"
+                "roles/client-viewer",
+                "roles/platform-service"
             ]
         );
         let viewer = roles

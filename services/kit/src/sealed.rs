@@ -112,6 +112,25 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl MasterKey {
+    /// The platform's master key for `storage`: the configured one, or — only with the embedded
+    /// SQLite default — a key file in the data folder, made on first use.
+    pub fn for_storage(
+        configured: &SecretString,
+        storage: &crate::config::StorageConfig,
+    ) -> anyhow::Result<Self> {
+        let url = storage.database_url.expose_secret();
+        let embedded = match url.strip_prefix("sqlite://") {
+            Some(dir) if !dir.is_empty() => Some(std::path::PathBuf::from(dir)),
+            _ if url.is_empty() || url.starts_with("sqlite://") => Some(storage.data_dir.clone()),
+            _ => None,
+        };
+        Self::from_config(
+            configured,
+            embedded.as_deref().unwrap_or(Path::new(".")),
+            embedded.is_some(),
+        )
+    }
+
     /// A key from raw bytes (tests, and keys held elsewhere).
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         MasterKey(*Key::<Aes256Gcm>::from_slice(&bytes))

@@ -19,6 +19,7 @@ pub struct PlatformConfig {
     pub gateway: GatewayConfig,
     pub flags: FlagsConfig,
     pub iam: IamConfig,
+    pub webhook: maxai_webhook_ingress::config::WebhookConfig,
 }
 
 impl PlatformConfig {

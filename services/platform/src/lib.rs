@@ -23,16 +23,23 @@ pub use config::PlatformConfig;
 pub enum Component {
     FeatureFlags,
     Iam,
+    WebhookIngress,
     Gateway,
 }
 
 impl Component {
-    pub const ALL: [Component; 3] = [Component::FeatureFlags, Component::Iam, Component::Gateway];
+    pub const ALL: [Component; 4] = [
+        Component::FeatureFlags,
+        Component::Iam,
+        Component::WebhookIngress,
+        Component::Gateway,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Component::FeatureFlags => "feature-flags",
             Component::Iam => "iam",
+            Component::WebhookIngress => "webhook-ingress",
             Component::Gateway => "gateway",
         }
     }
@@ -57,18 +64,13 @@ impl Component {
 }
 
 /// Services whose contracts are published but whose implementation is still to come.
-pub const PLANNED: [&str; 5] = [
-    "prompt",
-    "webhook-ingress",
-    "orchestrator",
-    "billing-usage",
-    "payments",
-];
+pub const PLANNED: [&str; 4] = ["prompt", "orchestrator", "billing-usage", "payments"];
 
 /// gRPC services the gateway routes to (those implemented).
 pub fn routed_services() -> Vec<String> {
     let mut names = vec![maxai_feature_flags::SERVICE_NAME.to_owned()];
     names.extend(maxai_iam::SERVICE_NAMES.map(String::from));
+    names.push(maxai_webhook_ingress::SERVICE_NAME.to_owned());
     names
 }
 
@@ -138,6 +140,7 @@ pub async fn run(
         names.push(maxai_feature_flags::SERVICE_NAME.to_owned());
     }
     let mut in_process = None;
+    let mut in_process_ring = None;
     let mut tenant_rates = None;
     if components.contains(&Component::Iam) {
         let iam = maxai_iam::start(
@@ -150,6 +153,7 @@ pub async fn run(
         .await
         .context("iam")?;
         in_process = Some((iam.key_ring.clone(), iam.policy.clone()));
+        in_process_ring = Some(iam.key_ring.clone());
         tenant_rates = Some(
             std::sync::Arc::new(IamTenantRates::new(iam.tenancy.clone()))
                 as std::sync::Arc<dyn maxai_gateway::TenantRates>,
@@ -158,6 +162,23 @@ pub async fn run(
         names.extend(maxai_iam::SERVICE_NAMES.map(String::from));
     }
     let guard = guard(&config, &shared, in_process, shutdown.clone()).await?;
+    let mut webhook = None;
+    if components.contains(&Component::WebhookIngress) {
+        let master =
+            maxai_kit::sealed::MasterKey::for_storage(&config.iam.master_key, &config.storage)
+                .context("webhook-ingress master key (iam.master_key)")?;
+        let started = maxai_webhook_ingress::start(
+            &config.webhook,
+            &config.storage,
+            master,
+            config.server.max_message_bytes,
+        )
+        .await
+        .context("webhook-ingress")?;
+        routes.add_service(started.server);
+        names.push(maxai_webhook_ingress::SERVICE_NAME.to_owned());
+        webhook = Some((started.store, started.stored));
+    }
     if !names.is_empty() {
         listeners.grpc = Some(sockets.grpc.local_addr()?);
         let app = GrpcApp {
@@ -171,6 +192,21 @@ pub async fn run(
                 .await
                 .context("gRPC server")
         });
+    }
+    if let Some((store, stored)) = webhook {
+        let own = listeners
+            .grpc
+            .map(|a| format!("http://{}", loopback(a)))
+            .unwrap_or_else(|| config.upstream());
+        let ring = match &in_process_ring {
+            Some(ring) => ring.clone(),
+            None => std::sync::Arc::new(
+                maxai_iam::key_ring(&config.storage, &config.iam)
+                    .await
+                    .context("webhook-ingress: the service identity's key ring")?,
+            ),
+        };
+        deliver_and_purge(&config, store, stored, &own, ring, &mut tasks, &shutdown)?;
     }
     if components.contains(&Component::Gateway) {
         let upstream = match listeners.grpc {
@@ -272,6 +308,96 @@ impl maxai_gateway::TenantRates for IamTenantRates {
     }
 }
 
+/// Starts the webhook dispatcher (each consumer reached over gRPC, `""` meaning this process)
+/// and the retention job; both stop with `shutdown` and finish what is in flight.
+fn deliver_and_purge(
+    config: &PlatformConfig,
+    store: std::sync::Arc<dyn maxai_webhook_ingress::store::EventStore>,
+    stored: std::sync::Arc<tokio::sync::Notify>,
+    own: &str,
+    ring: std::sync::Arc<maxai_iam::tokens::KeyRing>,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let webhook = &config.webhook;
+    let mut channels = std::collections::HashMap::new();
+    for (name, address) in &webhook.consumers {
+        let url = if address.is_empty() {
+            own
+        } else {
+            address.as_str()
+        };
+        let channel = tonic::transport::Channel::from_shared(url.to_owned())
+            .with_context(|| format!("webhook.consumers.{name}: {url} is not a URL"))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(name.clone(), channel);
+    }
+    if webhook.dispatch.enabled {
+        let tokens = ServiceTokens::new(ring);
+        let credential: maxai_webhook_ingress::dispatch::Credential =
+            std::sync::Arc::new(move || tokens.token());
+        let dispatcher = maxai_webhook_ingress::dispatch::Dispatcher::new(
+            store.clone(),
+            channels,
+            webhook.dispatch.clone(),
+            credential,
+        );
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            dispatcher.run(stored, token).await;
+            Ok(())
+        });
+    }
+    let (retention, token) = (webhook.retention.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        maxai_webhook_ingress::retention::run(store, retention, token).await;
+        Ok(())
+    });
+    Ok(())
+}
+
+/// Access tokens of the platform's own services (`tenants/platform/serviceAccounts/mesh`,
+/// `roles/platform-service`), minted from the key ring and reused until 80% of their life, so a
+/// consumer verifies each one once.
+struct ServiceTokens {
+    ring: std::sync::Arc<maxai_iam::tokens::KeyRing>,
+    current: std::sync::Mutex<Option<(String, Instant)>>,
+}
+
+impl ServiceTokens {
+    fn new(ring: std::sync::Arc<maxai_iam::tokens::KeyRing>) -> Self {
+        ServiceTokens {
+            ring,
+            current: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn token(&self) -> Option<String> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((token, until)) = current.as_ref() {
+            if Instant::now() < *until {
+                return Some(token.clone());
+            }
+        }
+        match self
+            .ring
+            .issue(maxai_iam::SERVICE_ACCOUNT, maxai_iam::PLATFORM_TENANT, None)
+        {
+            Ok((token, _)) => {
+                let reuse = self.ring.ttl().mul_f64(0.8);
+                *current = Some((token.clone(), Instant::now() + reuse));
+                Some(token)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot mint the service identity's token");
+                None
+            }
+        }
+    }
+}
+
 type InProcessIam = (
     std::sync::Arc<maxai_iam::tokens::KeyRing>,
     std::sync::Arc<maxai_iam::policy::PolicyEngine>,
@@ -349,6 +475,16 @@ pub async fn migrate(
                     &config.storage,
                     maxai_iam::STORAGE_NAME,
                     &maxai_iam::MIGRATIONS,
+                )
+                .await?;
+                done.push(format!("{} ({})", c.name(), db.dialect()));
+                db.close().await;
+            }
+            Component::WebhookIngress => {
+                let db = storage::connect(
+                    &config.storage,
+                    maxai_webhook_ingress::STORAGE_NAME,
+                    &maxai_webhook_ingress::MIGRATIONS,
                 )
                 .await?;
                 done.push(format!("{} ({})", c.name(), db.dialect()));

@@ -219,6 +219,10 @@ async fn wait_ready(p: &Platform) {
 }
 
 async fn flag_service_status(grpc: &str) -> Option<ServingStatus> {
+    service_status(grpc, "maxai.flags.v1.FeatureFlagsService").await
+}
+
+async fn service_status(grpc: &str, service: &str) -> Option<ServingStatus> {
     let channel = tonic::transport::Channel::from_shared(grpc.to_owned())
         .ok()?
         .connect()
@@ -226,7 +230,7 @@ async fn flag_service_status(grpc: &str) -> Option<ServingStatus> {
         .ok()?;
     let mut client = HealthClient::new(channel);
     let req = HealthCheckRequest {
-        service: "maxai.flags.v1.FeatureFlagsService".into(),
+        service: service.into(),
     };
     client
         .check(req)
@@ -401,12 +405,21 @@ async fn services_in_separate_processes_check_credentials_through_iam() {
         dir.path().to_string_lossy().into_owned(),
     );
     let iam = start_args(&["serve", "iam"], std::slice::from_ref(&data));
+    // IAM migrates its storage first; the other process opens IAM's key ring for its service
+    // identity (webhook delivery).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while service_status(&iam.grpc, "maxai.iam.v1.AuthService").await
+        != Some(ServingStatus::Serving)
+    {
+        assert!(Instant::now() < deadline, "iam did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let upstreams = (
         "MAXAI_GATEWAY__UPSTREAMS",
         format!("{{\"maxai.iam.v1\"=\"{}\"}}", iam.grpc),
     );
     let rest = start_args(
-        &["serve", "feature-flags", "gateway"],
+        &["serve", "feature-flags", "webhook-ingress", "gateway"],
         &[data.clone(), upstreams],
     );
     wait_ready(&rest).await;

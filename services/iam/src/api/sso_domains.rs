@@ -89,7 +89,8 @@ fn valid_domain(d: &str) -> bool {
 /// Checks the role and scope new users of tenant `t` would get.
 fn check_defaults(t: &str, b: &DomainBinding, v: &mut Violations) {
     let role_ok = match b.default_role.strip_prefix("roles/") {
-        Some(id) => built_in(id).is_some_and(|_| id != "platform-admin"),
+        Some(id) => built_in(id)
+            .is_some_and(|_| id != "platform-admin" && id != crate::domain::PLATFORM_SERVICE),
         None => b
             .default_role
             .strip_prefix(&format!("tenants/{t}/roles/"))

@@ -14,7 +14,7 @@ pub use users::{User, UserState};
 
 pub use roles::{
     built_in, built_in_roles, catalogue, scope_contains, scope_kind, BuiltInRole, PermissionInfo,
-    ScopeKind, ANY_PRINCIPAL,
+    ScopeKind, ANY_PRINCIPAL, PLATFORM_SERVICE,
 };
 
 pub use tenancy::{

@@ -106,7 +106,11 @@ fn verb(permission: &str) -> &str {
     permission.rsplit('.').next().unwrap_or("")
 }
 
-/// The five built-in roles, derived from the catalogue.
+/// The built-in role of the platform's own services (service-to-service calls).
+pub const PLATFORM_SERVICE: &str = "platform-service";
+
+/// The built-in roles, derived from the catalogue: five for people and integrations, one for
+/// the platform's own services.
 pub fn built_in_roles() -> &'static [BuiltInRole] {
     static ROLES: OnceLock<Vec<BuiltInRole>> = OnceLock::new();
     ROLES.get_or_init(|| {
@@ -151,6 +155,14 @@ pub fn built_in_roles() -> &'static [BuiltInRole] {
                 title: "Client viewer",
                 description: "Looks at one client business: reads only.",
                 permissions: pick(&|p| p.scopes.contains(&ScopeKind::Client) && read(p)),
+            },
+            BuiltInRole {
+                id: PLATFORM_SERVICE,
+                title: "Platform service",
+                description: "The platform's own services calling each other: hand over events and call the integration ports; nothing an operator or tenant does.",
+                permissions: pick(&|p| {
+                    p.permission.starts_with("ports.") || p.permission == "events.consume"
+                }),
             },
         ]
     })
