@@ -278,4 +278,3 @@ mod tests {
         assert_eq!(t.openapi_path().0, "/v1/webhooks/{provider}");
     }
 }
-
