@@ -12,6 +12,8 @@ use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_maxai");
 
 fn maxai(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -463,4 +465,77 @@ async fn services_in_separate_processes_check_credentials_through_iam() {
         .expect_err("refused");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     drop(iam);
+}
+
+/// A webhook acknowledged by a process that is then killed (SIGKILL, nothing flushed on the
+/// way out) is delivered by the next process, once.
+#[tokio::test]
+async fn a_webhook_acknowledged_before_a_kill_is_delivered_after_the_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = (
+        "MAXAI_STORAGE__DATA_DIR",
+        dir.path().to_string_lossy().into_owned(),
+    );
+    let recorder = common::Recorder::default();
+    let consumer = recorder.serve().await;
+    let consumers = (
+        "MAXAI_WEBHOOK__CONSUMERS",
+        format!("{{recorder=\"{consumer}\"}}"),
+    );
+    let off = ("MAXAI_WEBHOOK__DISPATCH__ENABLED", "false".to_owned());
+    let mut first = start(&[data.clone(), consumers.clone(), off]);
+    wait_ready(&first).await;
+    let token = admin_token(std::slice::from_ref(&data));
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        (
+            "/v1/tenants?tenantId=acme",
+            serde_json::json!({"displayName": "Acme", "contactEmail": "ops@acme.example"}),
+        ),
+        (
+            "/v1/tenants/acme/clients?clientId=smile",
+            serde_json::json!({"displayName": "Smile", "timeZone": "UTC"}),
+        ),
+        (
+            "/v1/tenants/acme/clients/smile/webhookEndpoints?webhookEndpointId=stripe",
+            serde_json::json!({"displayName": "Stripe", "provider": "PROVIDER_STRIPE", "stripe": {"accountId": "acct_agency1"}, "secret": common::WHSEC}),
+        ),
+    ] {
+        let resp = http
+            .post(format!("{}{path}", first.http))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    }
+    let body = common::invoice_paid("evt_killed");
+    let resp = http
+        .post(format!("{}/v1/webhooks/stripe", first.http))
+        .header(
+            "stripe-signature",
+            common::stripe_signature(common::WHSEC, common::unix_now(), &body),
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(resp.status(), reqwest::StatusCode::OK, "acknowledged");
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().expect("reaped");
+    assert!(recorder.got.lock().expect("lock").is_empty());
+
+    let second = start(&[data, consumers]);
+    wait_ready(&second).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while recorder.got.lock().expect("lock").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = recorder.got.lock().expect("lock").clone();
+    assert_eq!(got.len(), 1, "delivered once after the restart");
+    assert_eq!(got[0].0.r#type, "payments.invoice.paid");
+    assert_eq!(got[0].0.provider_event_id, "evt_killed");
 }

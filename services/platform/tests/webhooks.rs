@@ -4,62 +4,14 @@
 //! schema is quarantined, acknowledged and replayable.
 mod common;
 
-use common::Up;
-use hmac::{Hmac, Mac};
+use common::{
+    invoice_paid, retell_signature, stripe_signature, twilio_signature, unix_now, Up, WHSEC,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-const WHSEC: &str = "whsec_test_secret";
 const TWILIO_TOKEN: &str = "twilio-auth-token";
 const RETELL_KEY: &str = "retell-api-key";
-
-fn unix_now() -> i64 {
-    maxai_kit::storage::now_micros() / 1_000_000
-}
-
-fn stripe_signature(secret: &str, t: i64, body: &str) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(format!("{t}.{body}").as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn retell_signature(key: &str, ms: i64, body: &str) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("key");
-    mac.update(format!("{body}{ms}").as_bytes());
-    format!("v={ms},d={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn twilio_signature(token: &str, url: &str, params: &[(&str, &str)]) -> String {
-    let mut sorted = params.to_vec();
-    sorted.sort();
-    let mut data = url.to_owned();
-    for (k, v) in sorted {
-        data.push_str(k);
-        data.push_str(v);
-    }
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).expect("key");
-    mac.update(data.as_bytes());
-    base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        mac.finalize().into_bytes(),
-    )
-}
-
-fn invoice_paid(event_id: &str) -> String {
-    json!({
-        "id": event_id,
-        "object": "event",
-        "type": "invoice.paid",
-        "created": unix_now(),
-        "account": "acct_agency1",
-        "livemode": false,
-        "data": {"object": {
-            "id": "in_123", "object": "invoice", "customer": "cus_1", "currency": "usd",
-            "amount_due": 4900, "amount_paid": 4900, "status": "paid"
-        }}
-    })
-    .to_string()
-}
 
 async fn post(
     up: &Up,
@@ -432,56 +384,13 @@ async fn webhooks_are_verified_stored_once_and_answered_as_each_provider_expects
     }
 }
 
-/// A consumer that records what it is handed and with which credential.
-#[derive(Default, Clone)]
-struct Recorder {
-    got: std::sync::Arc<
-        std::sync::Mutex<Vec<(maxai_proto::maxai::common::v1::CanonicalEvent, String)>>,
-    >,
-}
-
-#[tonic::async_trait]
-impl maxai_proto::maxai::webhook::v1::event_consumer_service_server::EventConsumerService
-    for Recorder
-{
-    async fn consume_event(
-        &self,
-        request: tonic::Request<maxai_proto::maxai::webhook::v1::ConsumeEventRequest>,
-    ) -> Result<tonic::Response<maxai_proto::maxai::webhook::v1::ConsumeEventResponse>, tonic::Status>
-    {
-        let bearer = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let event = request.into_inner().event.unwrap_or_default();
-        let mut got = self.got.lock().expect("lock");
-        let duplicate = got.iter().any(|(e, _)| e.id == event.id);
-        got.push((event, bearer));
-        Ok(tonic::Response::new(
-            maxai_proto::maxai::webhook::v1::ConsumeEventResponse { duplicate },
-        ))
-    }
-}
-
 /// An event acknowledged by a process that stopped before delivering it is delivered by the
 /// next one, once, with the platform's service identity.
 #[tokio::test]
 async fn acknowledged_events_are_delivered_after_a_restart() {
     for backend in maxai_testkit::backends().await {
-        let recorder = Recorder::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let consumer = format!("http://{}", listener.local_addr().expect("addr"));
-        let server = recorder.clone();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(maxai_proto::maxai::webhook::v1::event_consumer_service_server::EventConsumerServiceServer::new(server))
-                .serve_with_incoming(tokio_stream_incoming(listener))
-                .await
-        });
+        let recorder = common::Recorder::default();
+        let consumer = recorder.serve().await;
         let with_consumer = |deliver: bool| {
             let consumer = consumer.clone();
             move |c: &mut maxai_platform::PlatformConfig| {
@@ -567,10 +476,4 @@ async fn acknowledged_events_are_delivered_after_a_restart() {
         );
         recorder.got.lock().expect("lock").clear();
     }
-}
-
-fn tokio_stream_incoming(
-    listener: tokio::net::TcpListener,
-) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener)
 }

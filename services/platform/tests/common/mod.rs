@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
+use hmac::Mac;
 use maxai_kit::CancellationToken;
 use maxai_platform::{run, Component, PlatformConfig, Sockets};
 use maxai_testkit::Backend;
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
@@ -109,4 +110,108 @@ pub async fn up_with(backend: &Backend, adjust: impl FnOnce(&mut PlatformConfig)
         shutdown,
         client: reqwest::Client::new(),
     }
+}
+
+/// A consumer that records what it is handed and with which credential.
+#[derive(Default, Clone)]
+pub struct Recorder {
+    pub got: std::sync::Arc<
+        std::sync::Mutex<Vec<(maxai_proto::maxai::common::v1::CanonicalEvent, String)>>,
+    >,
+}
+
+#[tonic::async_trait]
+impl maxai_proto::maxai::webhook::v1::event_consumer_service_server::EventConsumerService
+    for Recorder
+{
+    async fn consume_event(
+        &self,
+        request: tonic::Request<maxai_proto::maxai::webhook::v1::ConsumeEventRequest>,
+    ) -> Result<tonic::Response<maxai_proto::maxai::webhook::v1::ConsumeEventResponse>, tonic::Status>
+    {
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let event = request.into_inner().event.unwrap_or_default();
+        let mut got = self.got.lock().expect("lock");
+        let duplicate = got.iter().any(|(e, _)| e.id == event.id);
+        got.push((event, bearer));
+        Ok(tonic::Response::new(
+            maxai_proto::maxai::webhook::v1::ConsumeEventResponse { duplicate },
+        ))
+    }
+}
+
+impl Recorder {
+    /// Serves this consumer on 127.0.0.1; returns its `http://` address.
+    pub async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = self.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(
+                    maxai_proto::maxai::webhook::v1::event_consumer_service_server::EventConsumerServiceServer::new(server),
+                )
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+        });
+        address
+    }
+}
+
+/// The Stripe endpoint secret the tests register.
+pub const WHSEC: &str = "whsec_test_secret";
+
+pub fn unix_now() -> i64 {
+    maxai_kit::storage::now_micros() / 1_000_000
+}
+
+pub fn stripe_signature(secret: &str, t: i64, body: &str) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+pub fn retell_signature(key: &str, ms: i64, body: &str) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("key");
+    mac.update(format!("{body}{ms}").as_bytes());
+    format!("v={ms},d={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+pub fn twilio_signature(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let mut data = url.to_owned();
+    for (k, v) in sorted {
+        data.push_str(k);
+        data.push_str(v);
+    }
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).expect("key");
+    mac.update(data.as_bytes());
+    base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        mac.finalize().into_bytes(),
+    )
+}
+
+pub fn invoice_paid(event_id: &str) -> String {
+    json!({
+        "id": event_id,
+        "object": "event",
+        "type": "invoice.paid",
+        "created": unix_now(),
+        "account": "acct_agency1",
+        "livemode": false,
+        "data": {"object": {
+            "id": "in_123", "object": "invoice", "customer": "cus_1", "currency": "usd",
+            "amount_due": 4900, "amount_paid": 4900, "status": "paid"
+        }}
+    })
+    .to_string()
 }
