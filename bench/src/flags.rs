@@ -76,11 +76,13 @@ pub async fn serve_flags(
     .await
 }
 
-/// The REST gateway with the platform's `[gateway]` settings in front of `upstream`.
+/// The REST gateway with the platform's `[gateway]` settings in front of `upstream`, which
+/// serves the gRPC services named in `services`.
 pub async fn serve_gateway(
     sut: &Handle,
     config: &PlatformConfig,
     upstream: SocketAddr,
+    services: Vec<String>,
     guard: Arc<Guard>,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
@@ -97,7 +99,7 @@ pub async fn serve_gateway(
             maxai_gateway::Gateway::new(
                 gw_config,
                 &format!("http://{upstream}"),
-                vec![maxai_feature_flags::SERVICE_NAME.into()],
+                services,
                 max_message,
                 maxai_gateway::GatewayDeps {
                     guard,

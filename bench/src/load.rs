@@ -4,11 +4,12 @@
 use std::{
     future::Future,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Uri};
+use http::{header, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -230,6 +231,9 @@ pub async fn http_call(
     Ok((status, resp.into_body().collect().await?.to_bytes()))
 }
 
+/// A body and its extra headers, made afresh for every request (a distinct signed webhook).
+pub type MakeBody = Arc<dyn Fn() -> (Bytes, Vec<(HeaderName, HeaderValue)>) + Send + Sync>;
+
 /// What an HTTP measurement sends: request `n` of a worker goes to `uris[n % len]`.
 #[derive(Clone)]
 pub struct HttpTarget {
@@ -237,6 +241,8 @@ pub struct HttpTarget {
     uris: Vec<Uri>,
     /// Sent as `application/json` when not empty.
     body: Bytes,
+    /// When set, replaces `body` and adds its headers on every request.
+    make_body: Option<MakeBody>,
     /// Sent as `authorization: Bearer …` when set.
     bearer: Option<HeaderValue>,
 }
@@ -256,8 +262,16 @@ impl HttpTarget {
             method,
             uris,
             body: body.into(),
+            make_body: None,
             bearer: None,
         })
+    }
+
+    /// Every request carries a body (and headers) made by `make` when it is sent, so no two
+    /// need be alike; the making is timed with the request, so keep it cheap.
+    pub fn bodies(mut self, make: MakeBody) -> Self {
+        self.make_body = Some(make);
+        self
     }
 
     /// Every request carries `token` as its bearer credential.
@@ -266,8 +280,13 @@ impl HttpTarget {
         Ok(self)
     }
 
-    fn request(&self, n: u64) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(self.body.clone()));
+    pub fn request(&self, n: u64) -> Request<Full<Bytes>> {
+        let (body, extra) = match &self.make_body {
+            Some(make) => make(),
+            None => (self.body.clone(), Vec::new()),
+        };
+        let has_body = !body.is_empty();
+        let mut req = Request::new(Full::new(body));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uris[(n % self.uris.len() as u64) as usize].clone();
         let h = req.headers_mut();
@@ -275,7 +294,10 @@ impl HttpTarget {
         if let Some(b) = &self.bearer {
             h.insert(header::AUTHORIZATION, b.clone());
         }
-        if !self.body.is_empty() {
+        for (name, value) in extra {
+            h.insert(name, value);
+        }
+        if has_body && !h.contains_key(header::CONTENT_TYPE) {
             h.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),

@@ -24,6 +24,7 @@ mod iam;
 mod load;
 mod report;
 mod startup;
+mod webhook;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -50,6 +51,11 @@ const LIGHT_IN_FLIGHT: usize = 2;
 const STARTUP_RUNS: usize = 3;
 const BATCH: f64 = flags::FLAGS as f64;
 const EVAL_GOAL: f64 = 100_000.0;
+/// Webhooks/s through the gateway on PostgreSQL (the one-commit-per-insert ceiling measured on
+/// this machine, so only grouped commits reach it), and at least this share of the proxy.
+const WEBHOOK_PG_GOAL: f64 = 12_000.0;
+const WEBHOOK_PROXY_SHARE_GOAL: f64 = 0.5;
+const WEBHOOK_SQLITE_GOAL: f64 = 10_000.0;
 
 struct Args {
     out: PathBuf,
@@ -145,6 +151,8 @@ enum Case {
     /// BatchAuthorize with this many calls in flight.
     Authorize(SocketAddr, String, usize),
     Issue(std::sync::Arc<maxai_iam::tokens::KeyRing>),
+    /// The bare PostgreSQL idempotent insert, HTTP_CONNECTIONS workers.
+    PgInsert(std::sync::Arc<webhook::PgInsert>),
 }
 
 impl Case {
@@ -162,6 +170,7 @@ impl Case {
                 iam::load_authorize(load, *addr, token, *in_flight, channels).await
             }
             Case::Issue(ring) => iam::load_issue(load, ring.clone(), 2).await,
+            Case::PgInsert(t) => webhook::load_insert(load, t.clone(), HTTP_CONNECTIONS).await,
         }
     }
 }
@@ -186,10 +195,51 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let flags_addr =
         flags::serve_flags(&sut, &config, data.path(), iam.guard.clone(), stop.clone()).await?;
-    let gateway =
-        flags::serve_gateway(&sut, &config, flags_addr, iam.guard.clone(), stop.clone()).await?;
+    let gateway = flags::serve_gateway(
+        &sut,
+        &config,
+        flags_addr,
+        vec![maxai_feature_flags::SERVICE_NAME.into()],
+        iam.guard.clone(),
+        stop.clone(),
+    )
+    .await?;
     progress("seeding 100 flags and 100,000 allowlist entries");
     let seeded = flags::seed(flags_addr, &token).await?;
+
+    progress("webhook-ingress and a gateway on SQLite, and on PostgreSQL when reachable");
+    webhook::create_tenant(iam.addr, &token).await?;
+    let hook_data = tempfile::tempdir()?;
+    let sqlite_hook = webhook::Ingress::start(
+        &sut,
+        &config,
+        webhook::sqlite(&config, hook_data.path()),
+        iam.guard.clone(),
+        &token,
+        stop.clone(),
+    )
+    .await
+    .context("webhook-ingress on SQLite")?;
+    let sqlite_events = webhook::StripeEvents::new();
+    // PostgreSQL is optional: without it its rows say why they are missing.
+    let postgres = async {
+        let pg = webhook::Postgres::create(config.storage.max_connections).await?;
+        let hook = webhook::Ingress::start(
+            &sut,
+            &config,
+            pg.storage(&config),
+            iam.guard.clone(),
+            &token,
+            stop.clone(),
+        )
+        .await
+        .context("webhook-ingress on PostgreSQL")?;
+        let insert = pg.insert()?;
+        anyhow::Ok((pg, hook, insert))
+    }
+    .await
+    .map_err(|e| format!("PostgreSQL: {e:#}"));
+    let pg_events = webhook::StripeEvents::new();
 
     let proxy_body = serde_json::to_vec(&baseline::NameJson {
         name: baseline::ECHO_TEXT.into(),
@@ -224,19 +274,72 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
         ),
         ("token issuance", Case::Issue(iam.ring.clone())),
     ];
+    const HOOK_SQLITE: &str = "webhook ingest, SQLite";
+    const HOOK_PG: &str = "webhook ingest, PostgreSQL";
+    const PG_INSERT: &str = "PostgreSQL idempotent insert";
+    let mut hook_cases = vec![(
+        HOOK_SQLITE,
+        Case::Http(sqlite_hook.gateway, webhook::target(&sqlite_events)?),
+    )];
+    if let Ok((_, hook, insert)) = &postgres {
+        hook_cases.push((
+            HOOK_PG,
+            Case::Http(hook.gateway, webhook::target(&pg_events)?),
+        ));
+        hook_cases.push((PG_INSERT, Case::PgInsert(insert.clone())));
+    }
     // Interleaved rounds: a slow spell of this shared machine lands on every measurement
     // alike instead of on whichever happened to run then, and the spread shows its size.
     let mut rounds = cases.each_ref().map(|_| Vec::<Stats>::new());
+    // A webhook case that cannot run (PostgreSQL went away) fails its row, not the bench.
+    let mut hook_rounds: Vec<Result<Vec<Stats>, String>> =
+        hook_cases.iter().map(|_| Ok(Vec::new())).collect();
     for round in 1..=args.rounds {
         for ((name, case), out) in cases.iter().zip(&mut rounds) {
             progress(&format!("round {round}/{}: {name}", args.rounds));
             out.push(case.measure(load).await.with_context(|| name.to_string())?);
         }
+        for ((name, case), out) in hook_cases.iter().zip(&mut hook_rounds) {
+            if out.is_err() {
+                continue;
+            }
+            progress(&format!("round {round}/{}: {name}", args.rounds));
+            match case.measure(load).await {
+                Ok(stats) => {
+                    if let Ok(done) = out {
+                        done.push(stats);
+                    }
+                }
+                Err(e) => *out = Err(format!("{e:#}")),
+            }
+        }
     }
     let [hello_s, echo_s, proxy_s, batch_s, gateway_s, authorize_s, authorize_light_s, issue_s] =
         rounds.map(Stats::combine);
+    let mut hook_stats: std::collections::HashMap<&str, Result<Stats, String>> = hook_cases
+        .iter()
+        .map(|(name, _)| *name)
+        .zip(hook_rounds.into_iter().map(|r| r.map(Stats::combine)))
+        .collect();
+    let pg_why = postgres.as_ref().err().cloned();
+    let pg_missing = || pg_why.clone().unwrap_or_default();
+    let mut take = |name: &str| hook_stats.remove(name).unwrap_or_else(|| Err(pg_missing()));
+    let (hook_sqlite_s, hook_pg_s, pg_insert_s) =
+        (take(HOOK_SQLITE), take(HOOK_PG), take(PG_INSERT));
+    // What the stores hold: every acknowledged webhook stored once, nothing quarantined.
+    let sqlite_stored = sqlite_hook.stored().await;
+    let pg_stored = match &postgres {
+        Ok((_, hook, _)) => Some(hook.stored().await),
+        Err(_) => None,
+    };
     // The in-process services would otherwise share the cores with the binary being started.
     stop.cancel();
+    let pg_summary = postgres
+        .as_ref()
+        .ok()
+        .map(|(pg, _, _)| (pg.pool_size, pg.settings.clone()));
+    // Drops the bench database (its connections are closed by force).
+    drop(postgres);
 
     let http = format!("{HTTP_CONNECTIONS} keep-alive HTTP/1.1 connections");
     let grpc = format!("{GRPC_IN_FLIGHT} in flight over {GRPC_CHANNELS} channels");
@@ -313,6 +416,67 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
             )),
     ];
 
+    let ingest = "distinct Stripe invoice.paid events (≈330 B), each signed when sent; verified \
+                  (HMAC-SHA256), schema-validated, normalized and group-committed before the 200";
+    let consumers = format!(
+        "{} consumers (outbox rows per event), dispatcher not run",
+        config.webhook.consumers.len()
+    );
+    let proxy_rate = proxy_s.rate();
+    let insert_rate = pg_insert_s.as_ref().ok().map(Stats::rate);
+    let (pg_pool, pg_settings) = pg_summary.clone().unwrap_or_default();
+    rows.push(match &hook_pg_s {
+        Ok(s) => {
+            let share = s.rate() / proxy_rate.max(1.0);
+            let met = s.rate() >= WEBHOOK_PG_GOAL && share >= WEBHOOK_PROXY_SHARE_GOAL;
+            Row::new("webhook ingest via gateway, PostgreSQL", "webhooks/s")
+                .load(s, 1.0)
+                .baseline("PostgreSQL idempotent insert, one commit each", insert_rate)
+                .goal("≥12,000/s, ≥0.5× proxy")
+                .note(&format!(
+                    "goal {}; {share:.2}× the axum→tonic proxy ({proxy_rate:.0} req/s); {http}; \
+                     {ingest}; {}; {consumers}; service pool {} connections; {pg_settings}",
+                    if met { "met" } else { "NOT met" },
+                    stored_note(pg_events.made(), pg_stored.as_ref()),
+                    config.storage.max_connections,
+                ))
+        }
+        Err(why) => Row::failed("webhook ingest via gateway, PostgreSQL", "webhooks/s", why),
+    });
+    rows.push(match &hook_sqlite_s {
+        Ok(s) => Row::new("webhook ingest via gateway, SQLite", "webhooks/s")
+            .load(s, 1.0)
+            .baseline("axum→tonic JSON proxy", Some(proxy_rate))
+            .goal("≥10,000/s")
+            .note(&format!(
+                "goal {}; {http}; {ingest}; {}; {consumers}",
+                if s.rate() >= WEBHOOK_SQLITE_GOAL {
+                    "met"
+                } else {
+                    "NOT met"
+                },
+                stored_note(sqlite_events.made(), Some(&sqlite_stored)),
+            )),
+        Err(why) => Row::failed("webhook ingest via gateway, SQLite", "webhooks/s", why),
+    });
+    rows.push(match &pg_insert_s {
+        Ok(s) => Row::new(
+            "PostgreSQL idempotent insert (one commit each)",
+            "inserts/s",
+        )
+        .load(s, 1.0)
+        .note(&format!(
+            "baseline: the one-commit-per-insert ceiling; {HTTP_CONNECTIONS} workers on a sqlx \
+                 pool of {pg_pool} (no ping before each statement); INSERT … ON CONFLICT (id) DO \
+                 NOTHING of an event-sized row, autocommit; {pg_settings}"
+        )),
+        Err(why) => Row::failed(
+            "PostgreSQL idempotent insert (one commit each)",
+            "inserts/s",
+            why,
+        ),
+    });
+
     progress("maxai up: startup and idle memory");
     rows.extend(startup_rows(args.maxai.clone()).await);
     progress("done");
@@ -342,6 +506,18 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
             "startup_runs": STARTUP_RUNS,
         },
         "flags_data": seeded,
+        "webhook": {
+            "postgres": match &pg_summary {
+                Some(_) => "a fresh database on 127.0.0.1:5432, dropped after the run".to_owned(),
+                None => pg_missing(),
+            },
+            "pg_insert_pool": pg_summary.as_ref().map(|(pool, _)| *pool),
+            "postgres_settings": pg_summary.as_ref().map(|(_, settings)| settings.clone()),
+            "sqlite_events_sent": sqlite_events.made() + 1,
+            "sqlite_events_stored": sqlite_stored.as_ref().ok().map(|c| c.0),
+            "postgres_events_sent": pg_summary.as_ref().map(|_| pg_events.made() + 1),
+            "postgres_events_stored": pg_stored.as_ref().and_then(|r| r.as_ref().ok()).map(|c| c.0),
+        },
         "rows": rows,
         "total_seconds": started.elapsed().as_secs_f64(),
     });
@@ -356,6 +532,22 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Whether the store holds exactly what was sent (`made` by the load, plus the one event each
+/// setup sends as a check), and nothing quarantined.
+fn stored_note(made: u64, stored: Option<&anyhow::Result<(i64, i64)>>) -> String {
+    let sent = made + 1;
+    match stored {
+        Some(Ok((events, 0))) if *events as u64 == sent => {
+            format!("all {sent} sent stored once, none quarantined")
+        }
+        Some(Ok((events, quarantined))) => {
+            format!("MISMATCH: {sent} sent, {events} stored, {quarantined} quarantined")
+        }
+        Some(Err(e)) => format!("stored events not counted: {e:#}"),
+        None => String::new(),
+    }
 }
 
 /// Startup and memory rows; skipped (with the reason) when the binary cannot be had or run.
