@@ -105,6 +105,11 @@ async fn connect_postgres(
     let pool = PgPoolOptions::new()
         .max_connections(max.max(2))
         .acquire_timeout(Duration::from_secs(5))
+        // No ping before every acquire (a round trip per query): a broken connection fails one
+        // query and is dropped, and idle connections are recycled before servers drop them.
+        .test_before_acquire(false)
+        .idle_timeout(Duration::from_secs(300))
+        .max_lifetime(Duration::from_secs(1800))
         .connect_with(opts)
         .await?;
     migrator.run(&pool).await?;
@@ -132,6 +137,8 @@ async fn connect_sqlite(
     let pool = SqlitePoolOptions::new()
         .max_connections(max.clamp(1, 16))
         .acquire_timeout(Duration::from_secs(5))
+        // A local file cannot go away under an open connection; the ping is pure overhead.
+        .test_before_acquire(false)
         .connect_with(opts)
         .await?;
     migrator.run(&pool).await?;

@@ -357,6 +357,7 @@ pub(super) async fn create(
             now,
         )
         .await?;
+    api.forget_endpoints();
     Ok(Response::new(pb::CreateWebhookEndpointResponse {
         webhook_endpoint: Some(endpoint_to_pb(&created, now)),
     }))
@@ -495,6 +496,7 @@ pub(super) async fn update(
             now_micros(),
         )
         .await?;
+    api.forget_endpoints();
     Ok(Response::new(pb::UpdateWebhookEndpointResponse {
         webhook_endpoint: Some(endpoint_to_pb(&updated, now_micros())),
     }))
@@ -508,6 +510,7 @@ pub(super) async fn delete(
     let key = endpoint_key(&name, "name")?;
     let expected = expected_revision(&etag, "etag")?;
     api.store.delete_endpoint(&key, expected).await?;
+    api.forget_endpoints();
     Ok(Response::new(pb::DeleteWebhookEndpointResponse {}))
 }
 
@@ -544,6 +547,7 @@ pub(super) async fn rotate_secret(
         .store
         .rotate_secret(&key, &secret, ttl_us, rid, now)
         .await?;
+    api.forget_endpoints();
     Ok(Response::new(pb::RotateSecretResponse {
         webhook_endpoint: Some(endpoint_to_pb(&rotated, now)),
     }))

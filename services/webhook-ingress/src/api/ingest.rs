@@ -246,14 +246,14 @@ pub(super) async fn ingest(
     };
     // Account first: the secret that verifies the signature is the account's.
     let lookup = normalize::account_keys(provider, &parsed).lookup();
-    let resolved = if lookup.is_empty() {
-        match endpoint_in_url(&req.public_url) {
-            Some(key) => api.store.resolve_endpoint(&key, received_at_us).await?,
-            None => None,
-        }
+    let named = if lookup.is_empty() {
+        endpoint_in_url(&req.public_url)
     } else {
-        api.store.resolve(provider, &lookup, received_at_us).await?
+        None
     };
+    let resolved = api
+        .resolve(provider, &lookup, named.as_ref(), received_at_us)
+        .await?;
     let Some(resolved) = resolved else {
         return Ok(Response::new(refused(
             401,

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     config::{ProviderKeys, WebhookConfig},
+    domain::ResolvedEndpoint,
     store::{EventStore, GroupCommitter},
 };
 
@@ -30,7 +31,19 @@ pub struct WebhookApi {
     pub(crate) keys: Arc<ProviderKeys>,
     /// Woken whenever an event is stored, so an idle dispatcher delivers it at once.
     pub(crate) stored: Option<Arc<tokio::sync::Notify>>,
+    /// Recently resolved endpoints (and unknown accounts), so a burst of webhooks does not read
+    /// the endpoint and its secrets for every request.
+    resolved: ResolveCache,
 }
+
+/// How long a resolution is reused. Changes made through this replica take effect at once
+/// (the cache is cleared); another replica's changes within this time.
+const RESOLVE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+const RESOLVE_CAPACITY: usize = 10_000;
+
+type ResolveCache = std::sync::RwLock<
+    std::collections::HashMap<String, (Option<ResolvedEndpoint>, std::time::Instant)>,
+>;
 
 impl WebhookApi {
     pub fn new(
@@ -48,7 +61,62 @@ impl WebhookApi {
             config,
             keys,
             stored,
+            resolved: Default::default(),
         }
+    }
+
+    /// The endpoint `lookup` (account keys, or an endpoint named in the URL) resolves to.
+    pub(crate) async fn resolve(
+        &self,
+        provider: crate::domain::Provider,
+        lookup: &[String],
+        named: Option<&crate::domain::EndpointKey>,
+        now_us: i64,
+    ) -> maxai_kit::Result<Option<ResolvedEndpoint>> {
+        let key = match named {
+            Some(k) => format!(
+                "{}|named|{}/{}/{}",
+                provider.as_str(),
+                k.tenant_id,
+                k.client_id,
+                k.id
+            ),
+            None => format!("{}|{}", provider.as_str(), lookup.join("|")),
+        };
+        if let Some((hit, at)) = self
+            .resolved
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            let expired = hit.as_ref().is_some_and(|r| {
+                r.secrets
+                    .iter()
+                    .any(|s| s.expire_at_us.is_some_and(|e| e <= now_us))
+            });
+            if at.elapsed() < RESOLVE_TTL && !expired {
+                return Ok(hit.clone());
+            }
+        }
+        let found = match named {
+            Some(k) => self.store.resolve_endpoint(k, now_us).await?,
+            None if lookup.is_empty() => None,
+            None => self.store.resolve(provider, lookup, now_us).await?,
+        };
+        let mut cache = self.resolved.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= RESOLVE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, (found.clone(), std::time::Instant::now()));
+        Ok(found)
+    }
+
+    /// Forgets every cached resolution (after an endpoint changed here).
+    pub(crate) fn forget_endpoints(&self) {
+        self.resolved
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 
