@@ -26,6 +26,10 @@ mod report;
 mod startup;
 mod webhook;
 
+/// The same allocator as the `maxai` binary, so the in-process services are measured as they run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;

@@ -2,6 +2,10 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: glibc malloc took about a fifth of the gateway's CPU under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use maxai_kit::{server::cancel_on_signal, telemetry, CancellationToken};
 use maxai_platform::{migrate, run, Component, Listeners, PlatformConfig, Sockets};
 
