@@ -62,6 +62,8 @@ struct IdClaims {
     email_verified: Option<serde_json::Value>,
     nonce: Option<String>,
     hd: Option<String>,
+    /// The client the token was issued to, when it differs from the audience's only member.
+    azp: Option<String>,
     name: Option<String>,
     picture: Option<String>,
 }
@@ -416,6 +418,14 @@ impl GoogleSignIn {
         });
         if !same {
             return Err(fail("the ID token's nonce does not match the sign-in"));
+        }
+        // OpenID Connect Core §3.1.3.7: when azp is present it must be this client.
+        if claims
+            .azp
+            .as_deref()
+            .is_some_and(|azp| azp != self.config.client_id)
+        {
+            return Err(fail("the ID token was issued to another client (azp)"));
         }
         Ok(claims)
     }

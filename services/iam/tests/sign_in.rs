@@ -1036,12 +1036,16 @@ async fn google_sign_in_refuses_forged_replayed_and_tampered_callbacks() {
 
         // ID tokens rewritten on their way back (the nonce and everything else as issued).
         type Rewrite = fn(&FakeGoogle, Value) -> String;
-        let cases: [(&str, Rewrite); 8] = [
+        let cases: [(&str, Rewrite); 9] = [
             ("signed with a key outside the JWKS", |g, c| {
                 g.sign_id_token_with_wrong_key(c)
             }),
             ("another audience", |g, mut c| {
                 c["aud"] = json!("someone-else.apps.googleusercontent.com");
+                g.sign_id_token(c)
+            }),
+            ("issued to another client (azp)", |g, mut c| {
+                c["azp"] = json!("someone-else.apps.googleusercontent.com");
                 g.sign_id_token(c)
             }),
             ("another issuer", |g, mut c| {
@@ -1103,7 +1107,7 @@ async fn google_sign_in_refuses_forged_replayed_and_tampered_callbacks() {
             .audit("platform", SIGN_IN, pb::AuditOutcome::Denied)
             .await;
         let reasons: Vec<&str> = denied.iter().map(|e| e.reason.as_str()).collect();
-        assert_eq!(denied.len(), 16, "{reasons:#?}");
+        assert_eq!(denied.len(), 17, "{reasons:#?}");
         assert!(denied
             .iter()
             .all(|e| e.actor == "anonymous" && e.status_code == "UNAUTHENTICATED"));
@@ -1115,6 +1119,7 @@ async fn google_sign_in_refuses_forged_replayed_and_tampered_callbacks() {
             "nonce does not match",
             "is not verified by the provider",
             "does not verify",
+            "issued to another client (azp)",
         ] {
             assert!(
                 reasons.iter().any(|r| r.contains(want)),
