@@ -51,6 +51,7 @@ use maxai_kit::{
     dynamic::DynamicClient,
     rate_limit::{retry_after_seconds, Rate, RateLimiter, Verdict},
     telemetry::{correlation_id, CorrelationId, CORRELATION_HEADER},
+    ttl_map::TtlMap,
 };
 use serde::Deserialize;
 use tonic::{metadata::MetadataValue, transport::Channel};
@@ -127,7 +128,7 @@ pub struct Gateway {
     limiter: Arc<dyn RateLimiter>,
     tenant_rates: Option<Arc<dyn TenantRates>>,
     /// API key → (access token, when to exchange again).
-    exchanged: std::sync::RwLock<std::collections::HashMap<String, (String, Instant)>>,
+    exchanged: TtlMap<String>,
 }
 
 impl Gateway {
@@ -197,7 +198,7 @@ impl Gateway {
             guard: deps.guard,
             limiter: deps.limiter,
             tenant_rates: deps.tenant_rates,
-            exchanged: std::sync::RwLock::new(std::collections::HashMap::new()),
+            exchanged: TtlMap::new(10_000),
         }))
     }
 
@@ -229,15 +230,8 @@ impl Gateway {
             (None, Some(b)) if b.starts_with("mxk_") => b,
             (None, b) => return Ok(b.map(str::to_owned)),
         };
-        if let Some((token, until)) = self
-            .exchanged
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(api_key)
-        {
-            if Instant::now() < *until {
-                return Ok(Some(token.clone()));
-            }
+        if let Some(token) = self.exchanged.get(api_key) {
+            return Ok(Some(token));
         }
         use maxai_proto::maxai::iam::v1::{
             auth_service_client::AuthServiceClient, ExchangeApiKeyRequest,
@@ -260,12 +254,11 @@ impl Gateway {
             .unwrap_or(0)
             .max(0) as u64;
         // Exchanged again at 80% of the lifetime, so a forwarded token never expires in flight.
-        let until = Instant::now() + Duration::from_secs(lifetime * 4 / 5);
-        let mut cache = self.exchanged.write().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= 10_000 {
-            cache.clear();
-        }
-        cache.insert(api_key.to_owned(), (tokens.access_token.clone(), until));
+        self.exchanged.insert(
+            api_key.to_owned(),
+            tokens.access_token.clone(),
+            Duration::from_secs(lifetime * 4 / 5),
+        );
         Ok(Some(tokens.access_token))
     }
 

@@ -3,10 +3,12 @@
 //! kit's notifier), which empties the cache, so a revoked role stops granting at once.
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
-use maxai_kit::{shared_state::Notifier, storage::now_micros, CancellationToken, Result};
+use maxai_kit::{
+    shared_state::Notifier, storage::now_micros, ttl_map::TtlMap, CancellationToken, Result,
+};
 
 use crate::{
     domain::{decide, Decision, TenantState, UserState},
@@ -17,7 +19,8 @@ pub use maxai_kit::auth::POLICY_CHANNEL;
 /// Cached decisions at most; past it the cache starts over (bounded, and cheap to refill).
 const CACHE_CAPACITY: usize = 100_000;
 
-type Key = (String, String, String);
+/// Decisions are kept this long at most; a change announces itself sooner.
+const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The principals' standing: a deleted tenant, a suspended user or a disabled or deleted
 /// service account holds nothing, whatever its assignments say.
@@ -59,7 +62,7 @@ pub struct PolicyEngine {
     store: Arc<dyn AccessStore>,
     principals: Principals,
     notifier: Arc<dyn Notifier>,
-    cache: Mutex<HashMap<Key, Decision>>,
+    cache: TtlMap<Decision>,
 }
 
 impl PolicyEngine {
@@ -74,7 +77,7 @@ impl PolicyEngine {
             store,
             principals,
             notifier: notifier.clone(),
-            cache: Mutex::new(HashMap::new()),
+            cache: TtlMap::new(CACHE_CAPACITY),
         });
         let mut rx = notifier
             .subscribe(POLICY_CHANNEL)
@@ -98,7 +101,7 @@ impl PolicyEngine {
     }
 
     fn clear(&self) {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.cache.clear();
     }
 
     /// The notifier replicas share (revocations ride on it too).
@@ -115,18 +118,10 @@ impl PolicyEngine {
     }
 
     pub async fn check(&self, subject: &str, permission: &str, resource: &str) -> Result<Decision> {
-        let key = (
-            subject.to_owned(),
-            permission.to_owned(),
-            resource.to_owned(),
-        );
-        if let Some(d) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(d.clone());
+        // NUL cannot occur in a name or a permission: the key is unambiguous.
+        let key = format!("{subject}\0{permission}\0{resource}");
+        if let Some(d) = self.cache.get(&key) {
+            return Ok(d);
         }
         if let Some(reason) = self.principals.barred(subject).await? {
             // Cached like any decision: the change that lifts the bar announces itself.
@@ -136,7 +131,7 @@ impl PolicyEngine {
                 assignment: None,
                 role: None,
             };
-            self.remember(key, d.clone());
+            self.cache.insert(key, d.clone(), CACHE_TTL);
             return Ok(d);
         }
         let now = now_micros();
@@ -159,20 +154,15 @@ impl PolicyEngine {
         let decision = decide(&assignments, permission, resource, now, &|name| {
             custom.get(name).cloned()
         });
-        // Expiring assignments change decisions without a write: cache only decisions that
-        // no assignment's expiry can flip.
-        if assignments.iter().all(|a| a.expire_at_us.is_none()) {
-            self.remember(key, decision.clone());
-        }
+        // Expiring assignments change decisions without a write: a decision is kept no longer
+        // than the first expiry that could flip it.
+        let ttl = assignments
+            .iter()
+            .filter_map(|a| a.expire_at_us)
+            .map(|e| std::time::Duration::from_micros((e - now).max(0) as u64))
+            .fold(CACHE_TTL, std::cmp::min);
+        self.cache.insert(key, decision.clone(), ttl);
         Ok(decision)
-    }
-
-    fn remember(&self, key: Key, decision: Decision) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
-        }
-        cache.insert(key, decision);
     }
 }
 

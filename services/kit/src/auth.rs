@@ -26,7 +26,7 @@ use maxai_proto::maxai::iam::v1::Jwk;
 use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::{descriptors, storage::now_micros, Error, ErrorKind, Result};
+use crate::{descriptors, storage::now_micros, ttl_map::TtlMap, Error, ErrorKind, Result};
 
 /// Audience of every access token this platform issues.
 pub const AUDIENCE: &str = "maxai-api";
@@ -136,7 +136,7 @@ pub struct Verifier {
     source: Arc<dyn KeySource>,
     keys: RwLock<HashMap<String, DecodingKey>>,
     fetched: Mutex<Option<Instant>>,
-    verified: RwLock<HashMap<String, Principal>>,
+    verified: TtlMap<Principal>,
     /// Revoked token id → its expiry (unix seconds); dropped once the token has expired anyway.
     revoked: RwLock<HashMap<String, i64>>,
 }
@@ -148,7 +148,7 @@ impl Verifier {
             source,
             keys: RwLock::new(HashMap::new()),
             fetched: Mutex::new(None),
-            verified: RwLock::new(HashMap::new()),
+            verified: TtlMap::new(VERIFIED_CAPACITY),
             revoked: RwLock::new(HashMap::new()),
         })
     }
@@ -191,7 +191,7 @@ impl Verifier {
                         // Missed announcements: forget every verified token, so each is checked again.
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             let Some(v) = me.upgrade() else { break };
-                            v.verified.write().unwrap_or_else(|p| p.into_inner()).clear();
+                            v.verified.clear();
                         }
                         Err(_) => break,
                     }
@@ -210,24 +210,13 @@ impl Verifier {
             revoked.insert(jti.to_owned(), expires_at);
         }
         self.verified
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, p| p.token_id != jti && p.api_key != jti);
+            .retain(|p| p.token_id != jti && p.api_key != jti);
     }
 
     /// Verifies `token`: signature, `kid`, issuer, audience, lifetime, not revoked.
     pub async fn verify(&self, token: &str) -> Result<Principal> {
-        let now = now_micros() / 1_000_000;
-        let hit = self
-            .verified
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(token)
-            .cloned();
-        if let Some(p) = hit {
-            if p.expires_at + LEEWAY_SECS as i64 > now {
-                return Ok(p);
-            }
+        if let Some(p) = self.verified.get(token) {
+            return Ok(p);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| unauthenticated())?;
         if header.alg != Algorithm::EdDSA {
@@ -265,11 +254,14 @@ impl Verifier {
             expires_at: claims.exp,
             api_key: claims.key,
         };
-        let mut verified = self.verified.write().unwrap_or_else(|p| p.into_inner());
-        if verified.len() >= VERIFIED_CAPACITY {
-            verified.clear();
-        }
-        verified.insert(token.to_owned(), principal.clone());
+        // Kept while the token is valid: its signature is checked once per process.
+        let now = now_micros() / 1_000_000;
+        let left = (principal.expires_at + LEEWAY_SECS as i64 - now).max(0) as u64;
+        self.verified.insert(
+            token.to_owned(),
+            principal.clone(),
+            Duration::from_secs(left),
+        );
         Ok(principal)
     }
 
@@ -311,10 +303,7 @@ impl Verifier {
             dropped
         };
         if dropped {
-            self.verified
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
+            self.verified.clear();
         }
         Ok(())
     }
@@ -432,31 +421,6 @@ impl Guard {
                 ),
             ))
         }
-    }
-
-    /// The whole check for a call to `path` carrying `request` with the bearer `token`:
-    /// `None` for public methods.
-    pub async fn check(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        request: &DynamicMessage,
-    ) -> Result<Option<Principal>> {
-        let Some(rule) = self.rule(path) else {
-            return Err(Error::new(ErrorKind::NotFound, format!("no method {path}")));
-        };
-        if rule.public {
-            return Ok(None);
-        }
-        let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unauthenticated,
-                "this call needs a bearer access token",
-            )
-        })?;
-        let principal = self.verifier.verify(token).await?;
-        self.authorize(&principal, token, rule, request).await?;
-        Ok(Some(principal))
     }
 }
 
@@ -711,13 +675,11 @@ impl KeySource for GrpcKeySource {
 const DECISIONS_CAPACITY: usize = 50_000;
 const DECISION_TTL: Duration = Duration::from_secs(30);
 
-type DecisionKey = (String, String, String);
-
 /// Asks IAM's `AuthorizationService` over gRPC, with the caller's own credential (every
 /// principal may ask about itself), and caches the answers.
 pub struct RemoteAuthorizer {
     channel: tonic::transport::Channel,
-    decisions: RwLock<HashMap<DecisionKey, (Verdict, Instant)>>,
+    decisions: TtlMap<Verdict>,
 }
 
 impl RemoteAuthorizer {
@@ -728,7 +690,7 @@ impl RemoteAuthorizer {
     ) -> Result<Arc<Self>> {
         let me = Arc::new(RemoteAuthorizer {
             channel,
-            decisions: RwLock::new(HashMap::new()),
+            decisions: TtlMap::new(DECISIONS_CAPACITY),
         });
         let mut rx = notifier
             .subscribe(POLICY_CHANNEL)
@@ -742,7 +704,7 @@ impl RemoteAuthorizer {
                     msg = rx.recv() => {
                         if matches!(msg, Err(tokio::sync::broadcast::error::RecvError::Closed)) { break }
                         let Some(me) = weak.upgrade() else { break };
-                        me.decisions.write().unwrap_or_else(|p| p.into_inner()).clear();
+                        me.decisions.clear();
                     }
                 }
             }
@@ -764,20 +726,10 @@ impl Authorizer for RemoteAuthorizer {
             authorization_service_client::AuthorizationServiceClient, AuthorizationCheck,
             AuthorizeRequest, Decision,
         };
-        let key = (
-            caller.subject.clone(),
-            permission.to_owned(),
-            resource.to_owned(),
-        );
-        if let Some((v, at)) = self
-            .decisions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            if at.elapsed() < DECISION_TTL {
-                return Ok(v.clone());
-            }
+        // NUL cannot occur in a name or a permission: the key is unambiguous.
+        let key = format!("{}\0{permission}\0{resource}", caller.subject);
+        if let Some(v) = self.decisions.get(&key) {
+            return Ok(v);
         }
         let mut req = tonic::Request::new(AuthorizeRequest {
             check: Some(AuthorizationCheck {
@@ -812,11 +764,7 @@ impl Authorizer for RemoteAuthorizer {
                 .with_source(anyhow::anyhow!("{s}")))
             }
         };
-        let mut decisions = self.decisions.write().unwrap_or_else(|p| p.into_inner());
-        if decisions.len() >= DECISIONS_CAPACITY {
-            decisions.clear();
-        }
-        decisions.insert(key, (verdict.clone(), Instant::now()));
+        self.decisions.insert(key, verdict.clone(), DECISION_TTL);
         Ok(verdict)
     }
 }

@@ -262,14 +262,14 @@ pub async fn run(
 /// gateway does not read storage per request.
 struct IamTenantRates {
     tenancy: std::sync::Arc<dyn maxai_iam::store::TenancyStore>,
-    known: std::sync::RwLock<std::collections::HashMap<String, (Option<Rate>, Instant)>>,
+    known: maxai_kit::ttl_map::TtlMap<Option<Rate>>,
 }
 
 impl IamTenantRates {
     fn new(tenancy: std::sync::Arc<dyn maxai_iam::store::TenancyStore>) -> Self {
         IamTenantRates {
             tenancy,
-            known: Default::default(),
+            known: maxai_kit::ttl_map::TtlMap::new(100_000),
         }
     }
 }
@@ -277,16 +277,8 @@ impl IamTenantRates {
 #[async_trait::async_trait]
 impl maxai_gateway::TenantRates for IamTenantRates {
     async fn rate(&self, tenant: &str) -> Option<Rate> {
-        const KEEP: std::time::Duration = std::time::Duration::from_secs(30);
-        if let Some((rate, at)) = self
-            .known
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-        {
-            if at.elapsed() < KEEP {
-                return *rate;
-            }
+        if let Some(rate) = self.known.get(tenant) {
+            return rate;
         }
         let rate = match self.tenancy.get_tenant(tenant).await {
             Ok(Some(t)) if t.rate_limits.requests_per_minute > 0 => Some(Rate {
@@ -299,11 +291,8 @@ impl maxai_gateway::TenantRates for IamTenantRates {
                 None
             }
         };
-        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        if known.len() >= 100_000 {
-            known.clear();
-        }
-        known.insert(tenant.to_owned(), (rate, Instant::now()));
+        self.known
+            .insert(tenant.to_owned(), rate, std::time::Duration::from_secs(30));
         rate
     }
 }

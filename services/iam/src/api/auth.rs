@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     audit::{AuditLog, Caller, Event},
     domain::{secret_hash, Outcome},
-    sessions::{Refresh, RefreshTokens},
+    sessions::{Issued, Refresh, RefreshTokens},
     sso::GoogleSignIn,
     store::{AccountStore, TenancyStore},
     tokens::{jwk, AccessClaims, KeyRing, KeyState, PublicKey},
@@ -60,33 +60,12 @@ impl AuthApi {
         }
     }
 
-    /// An access token (and a refresh token when `with_refresh`) for `principal` of `tenant_id`.
-    pub(crate) async fn token_set(
-        &self,
-        tenant_id: &str,
-        principal: &str,
-        ttl: Option<Duration>,
-        with_refresh: bool,
-    ) -> Result<pb::TokenSet> {
+    /// A sign-in's tokens: an access token and a new refresh-token family.
+    async fn sign_in_tokens(&self, tenant_id: &str, principal: &str) -> Result<pb::TokenSet> {
         super::active_tenant(self.tenancy.as_ref(), tenant_id).await?;
-        let (access, claims) = self.keys.issue(principal, tenant_id, ttl)?;
-        let refresh = if with_refresh {
-            Some(self.refresh.issue(tenant_id, principal).await?)
-        } else {
-            None
-        };
-        Ok(pb::TokenSet {
-            access_token: access,
-            token_type: "Bearer".into(),
-            access_token_expire_time: Some(timestamp(claims.exp * 1_000_000)),
-            refresh_token: refresh
-                .as_ref()
-                .map(|r| r.token.clone())
-                .unwrap_or_default(),
-            refresh_token_expire_time: refresh.map(|r| timestamp(r.family_expires_at_us)),
-            principal: principal.to_owned(),
-            tenant: format!("tenants/{tenant_id}"),
-        })
+        let (access, claims) = self.keys.issue(principal, tenant_id, None)?;
+        let refresh = self.refresh.issue(tenant_id, principal).await?;
+        Ok(token_set(access, &claims, Some(refresh)))
     }
 
     async fn denied(&self, caller: &Caller, tenant: &str, action: &str, reason: &str) {
@@ -100,6 +79,19 @@ impl AuthApi {
         self.audit
             .refused(caller, tenant, &event, serde_json::json!({}))
             .await;
+    }
+}
+
+/// What a sign-in, refresh or API-key exchange answers.
+fn token_set(access: String, claims: &AccessClaims, refresh: Option<Issued>) -> pb::TokenSet {
+    pb::TokenSet {
+        access_token: access,
+        token_type: "Bearer".into(),
+        access_token_expire_time: Some(timestamp(claims.exp * 1_000_000)),
+        refresh_token_expire_time: refresh.as_ref().map(|r| timestamp(r.family_expires_at_us)),
+        refresh_token: refresh.map(|r| r.token).unwrap_or_default(),
+        principal: claims.sub.clone(),
+        tenant: format!("tenants/{}", claims.tid),
     }
 }
 
@@ -140,7 +132,7 @@ impl AuthService for AuthApi {
         match self.google.complete(request.into_inner()).await {
             Ok(signed_in) => {
                 let tokens = self
-                    .token_set(&signed_in.tenant_id, &signed_in.principal, None, true)
+                    .sign_in_tokens(&signed_in.tenant_id, &signed_in.principal)
                     .await?;
                 let who = Caller {
                     actor: signed_in.principal.clone(),
@@ -199,15 +191,7 @@ impl AuthService for AuthApi {
                     )
                     .await;
                 Ok(Response::new(pb::RefreshTokenResponse {
-                    tokens: Some(pb::TokenSet {
-                        access_token: access,
-                        token_type: "Bearer".into(),
-                        access_token_expire_time: Some(timestamp(claims.exp * 1_000_000)),
-                        refresh_token: next.token,
-                        refresh_token_expire_time: Some(timestamp(next.family_expires_at_us)),
-                        principal: holder.principal.clone(),
-                        tenant: format!("tenants/{}", holder.tenant_id),
-                    }),
+                    tokens: Some(token_set(access, &claims, Some(next))),
                 }))
             }
             Refresh::Reused(holder) => {
@@ -334,15 +318,7 @@ impl AuthService for AuthApi {
                 .keys
                 .claims(&account.name(), &account.tenant_id, Some(ttl))
         };
-        let tokens = pb::TokenSet {
-            access_token: self.keys.sign(&claims)?,
-            token_type: "Bearer".into(),
-            access_token_expire_time: Some(timestamp(claims.exp * 1_000_000)),
-            refresh_token: String::new(),
-            refresh_token_expire_time: None,
-            principal: account.name(),
-            tenant: format!("tenants/{}", account.tenant_id),
-        };
+        let tokens = token_set(self.keys.sign(&claims)?, &claims, None);
         let who = Caller {
             actor: account.name(),
             ..caller

@@ -33,17 +33,13 @@ pub struct WebhookApi {
     pub(crate) stored: Option<Arc<tokio::sync::Notify>>,
     /// Recently resolved endpoints (and unknown accounts), so a burst of webhooks does not read
     /// the endpoint and its secrets for every request.
-    resolved: ResolveCache,
+    resolved: maxai_kit::ttl_map::TtlMap<Option<ResolvedEndpoint>>,
 }
 
 /// How long a resolution is reused. Changes made through this replica take effect at once
 /// (the cache is cleared); another replica's changes within this time.
 const RESOLVE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 const RESOLVE_CAPACITY: usize = 10_000;
-
-type ResolveCache = std::sync::RwLock<
-    std::collections::HashMap<String, (Option<ResolvedEndpoint>, std::time::Instant)>,
->;
 
 impl WebhookApi {
     pub fn new(
@@ -61,7 +57,7 @@ impl WebhookApi {
             config,
             keys,
             stored,
-            resolved: Default::default(),
+            resolved: maxai_kit::ttl_map::TtlMap::new(RESOLVE_CAPACITY),
         }
     }
 
@@ -83,40 +79,28 @@ impl WebhookApi {
             ),
             None => format!("{}|{}", provider.as_str(), lookup.join("|")),
         };
-        if let Some((hit, at)) = self
-            .resolved
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            let expired = hit.as_ref().is_some_and(|r| {
-                r.secrets
-                    .iter()
-                    .any(|s| s.expire_at_us.is_some_and(|e| e <= now_us))
-            });
-            if at.elapsed() < RESOLVE_TTL && !expired {
-                return Ok(hit.clone());
-            }
+        if let Some(hit) = self.resolved.get(&key) {
+            return Ok(hit);
         }
         let found = match named {
             Some(k) => self.store.resolve_endpoint(k, now_us).await?,
             None if lookup.is_empty() => None,
             None => self.store.resolve(provider, lookup, now_us).await?,
         };
-        let mut cache = self.resolved.write().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= RESOLVE_CAPACITY {
-            cache.clear();
-        }
-        cache.insert(key, (found.clone(), std::time::Instant::now()));
+        // Never past the moment a secret of it stops verifying.
+        let ttl = found
+            .iter()
+            .flat_map(|r| &r.secrets)
+            .filter_map(|s| s.expire_at_us)
+            .map(|e| std::time::Duration::from_micros((e - now_us).max(0) as u64))
+            .fold(RESOLVE_TTL, std::cmp::min);
+        self.resolved.insert(key, found.clone(), ttl);
         Ok(found)
     }
 
     /// Forgets every cached resolution (after an endpoint changed here).
     pub(crate) fn forget_endpoints(&self) {
-        self.resolved
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.resolved.clear();
     }
 }
 
