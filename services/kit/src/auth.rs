@@ -522,31 +522,36 @@ async fn admit(layer: &GuardLayer, rule: &MethodRule, req: HttpRequest) -> Resul
     let (principal, token) = layer.guard.authenticate(authorization).await?;
     let token = token.to_owned();
     let (mut parts, body) = req.into_parts();
-    let limit = layer.max_message_bytes.saturating_add(5);
-    let bytes = http_body_util::Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                "the request could not be read or is too large",
-            )
-        })?
-        .to_bytes();
-    let resource = if rule.resource_field.is_empty() {
-        String::new()
+    // Only a method whose permission is checked on a resource named in the request needs the
+    // request read here; the others stream on untouched.
+    let body = if rule.resource_field.is_empty() {
+        layer
+            .guard
+            .authorize_resource(&principal, &token, rule, "")
+            .await?;
+        body
     } else {
-        resource_from_wire(&rule.input, unary_payload(&bytes)?, &rule.resource_field)
+        let limit = layer.max_message_bytes.saturating_add(5);
+        let bytes = http_body_util::Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    "the request could not be read or is too large",
+                )
+            })?
+            .to_bytes();
+        let resource =
+            resource_from_wire(&rule.input, unary_payload(&bytes)?, &rule.resource_field);
+        layer
+            .guard
+            .authorize_resource(&principal, &token, rule, &resource)
+            .await?;
+        tonic::body::Body::new(http_body_util::Full::new(bytes))
     };
-    layer
-        .guard
-        .authorize_resource(&principal, &token, rule, &resource)
-        .await?;
     parts.extensions.insert(principal);
-    Ok(http::Request::from_parts(
-        parts,
-        tonic::body::Body::new(http_body_util::Full::new(bytes)),
-    ))
+    Ok(http::Request::from_parts(parts, body))
 }
 
 /// The single length-prefixed message of a unary gRPC request body.
