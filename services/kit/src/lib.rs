@@ -15,6 +15,7 @@
 //! | [`paging`] | AIP-158 page sizes and tokens |
 //! | [`rate_limit`] | GCRA rate limiting: Redis script or memory |
 //! | [`sealed`] | secrets sealed at rest under the master key (AES-256-GCM, owner as associated data) |
+//! | [`structs`] | protobuf `Struct` / `Value` ⇄ JSON |
 //! | [`ttl_map`] | bounded in-process map with expiring entries, for the hot-path caches |
 //! | [`resource`] | etags, timestamps, field masks, request ids, resource ids |
 #![forbid(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod sealed;
 pub mod server;
 pub mod shared_state;
 pub mod storage;
+pub mod structs;
 pub mod telemetry;
 pub mod ttl_map;
 

@@ -35,6 +35,9 @@ pub trait Notifier: Send + Sync + 'static {
 pub trait Cache: Send + Sync + 'static {
     async fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>>;
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> anyhow::Result<()>;
+    /// Sets `key` only when it holds nothing (or only something expired), atomically across
+    /// every replica sharing the cache; true when this call set it.
+    async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> anyhow::Result<bool>;
     async fn delete(&self, key: &str) -> anyhow::Result<()>;
 }
 
@@ -128,17 +131,15 @@ impl MemoryCache {
     }
 }
 
-#[async_trait]
-impl Cache for MemoryCache {
-    async fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(entries
-            .get(key)
-            .filter(|(_, exp)| *exp > Instant::now())
-            .map(|(v, _)| v.clone()))
-    }
-    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> anyhow::Result<()> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+impl MemoryCache {
+    /// Inserts under the caller's lock, making room first: expired entries, then the oldest.
+    fn insert(
+        &self,
+        entries: &mut HashMap<String, (Vec<u8>, Instant)>,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) {
         if entries.len() >= self.capacity && !entries.contains_key(key) {
             let now = Instant::now();
             entries.retain(|_, (_, exp)| *exp > now);
@@ -153,7 +154,33 @@ impl Cache for MemoryCache {
             }
         }
         entries.insert(key.to_owned(), (value.to_vec(), Instant::now() + ttl));
+    }
+}
+
+#[async_trait]
+impl Cache for MemoryCache {
+    async fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(entries
+            .get(key)
+            .filter(|(_, exp)| *exp > Instant::now())
+            .map(|(v, _)| v.clone()))
+    }
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> anyhow::Result<()> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        self.insert(&mut entries, key, value, ttl);
         Ok(())
+    }
+    async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> anyhow::Result<bool> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries
+            .get(key)
+            .is_some_and(|(_, exp)| *exp > Instant::now())
+        {
+            return Ok(false);
+        }
+        self.insert(&mut entries, key, value, ttl);
+        Ok(true)
     }
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
         self.entries
@@ -245,6 +272,20 @@ impl Cache for Redis {
             .set(self.key(key), value, Some(Expiration::PX(ms)), None, false)
             .await?;
         Ok(())
+    }
+    async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> anyhow::Result<bool> {
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let set: Option<String> = self
+            .client
+            .set(
+                self.key(key),
+                value,
+                Some(Expiration::PX(ms)),
+                Some(fred::types::SetOptions::NX),
+                false,
+            )
+            .await?;
+        Ok(set.is_some())
     }
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
         let _: i64 = self.client.del(self.key(key)).await?;

@@ -104,6 +104,57 @@ async fn shared_states() -> Vec<(&'static str, SharedState, SharedState)> {
 }
 
 #[tokio::test]
+async fn set_if_absent_lets_exactly_one_of_racing_replicas_win() {
+    for (name, one, two) in shared_states().await {
+        let key = format!("once-{}", uuid::Uuid::new_v4());
+        let mut racers = Vec::new();
+        for i in 0..16 {
+            // Two memory caches share nothing; two Redis clients are two replicas.
+            let cache = if i % 2 == 0 || name == "memory" {
+                one.cache.clone()
+            } else {
+                two.cache.clone()
+            };
+            let key = key.clone();
+            racers.push(tokio::spawn(async move {
+                cache
+                    .set_if_absent(&key, format!("{i}").as_bytes(), Duration::from_secs(30))
+                    .await
+                    .expect("set_if_absent")
+            }));
+        }
+        let mut winners = 0;
+        for r in racers {
+            winners += usize::from(r.await.expect("join"));
+        }
+        assert_eq!(winners, 1, "{name}: one winner");
+        // Expired entries count as absent.
+        let short = format!("short-{}", uuid::Uuid::new_v4());
+        assert!(one
+            .cache
+            .set_if_absent(&short, b"a", Duration::from_millis(50))
+            .await
+            .expect("set"));
+        assert!(!one
+            .cache
+            .set_if_absent(&short, b"b", Duration::from_secs(5))
+            .await
+            .expect("set"));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(one
+            .cache
+            .set_if_absent(&short, b"c", Duration::from_secs(5))
+            .await
+            .expect("set"));
+        assert_eq!(
+            one.cache.get(&short).await.expect("get").as_deref(),
+            Some(&b"c"[..]),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn cache_stores_expires_and_deletes() {
     for (name, state, _) in shared_states().await {
         let cache = &state.cache;

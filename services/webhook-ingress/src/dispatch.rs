@@ -65,28 +65,7 @@ pub fn retryable(code: Code) -> bool {
     !matches!(code, Code::InvalidArgument | Code::FailedPrecondition)
 }
 
-/// The canonical gRPC name of `code`, e.g. `UNAVAILABLE`, as failed attempts record it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+pub use maxai_kit::error::code_name;
 
 /// The `maxai.common.v1.CanonicalEvent` consumers receive for a stored event. `Err` when the
 /// stored data is not a JSON object (the store only ever keeps objects).

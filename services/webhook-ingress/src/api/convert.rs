@@ -14,6 +14,7 @@ use crate::{
         SecretState, SecretVersion, StoredEvent, SPEC_VERSION,
     },
 };
+pub use maxai_kit::structs::json_to_struct;
 
 const DAY_SECS: i64 = 86_400;
 const MICROS: i64 = 1_000_000;
@@ -190,32 +191,6 @@ pub fn header_from_pb(h: &pb::Header) -> Header {
     Header {
         name: name.clone(),
         value: value.clone(),
-    }
-}
-
-/// JSON → `google.protobuf.Struct`; `None` unless `v` is an object.
-pub fn json_to_struct(v: &serde_json::Value) -> Option<prost_types::Struct> {
-    fn value(v: &serde_json::Value) -> prost_types::Value {
-        use prost_types::value::Kind;
-        let kind = match v {
-            serde_json::Value::Null => Kind::NullValue(0),
-            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-            serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-                values: a.iter().map(value).collect(),
-            }),
-            serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
-                fields: o.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
-            }),
-        };
-        prost_types::Value { kind: Some(kind) }
-    }
-    match v {
-        serde_json::Value::Object(o) => Some(prost_types::Struct {
-            fields: o.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
-        }),
-        _ => None,
     }
 }
 
