@@ -297,6 +297,42 @@ impl FakeGoogle {
         }
     }
 
+    /// What a live access token grants, as a Google resource server checks it.
+    pub fn token_info(&self, access_token: &str) -> Option<GoogleTokenInfo> {
+        self.tokens().info(access_token)
+    }
+
+    /// A handle on this fake's token table, so fake Google APIs (Calendar) accept exactly the
+    /// access tokens this fake issued, and stop accepting them when they expire or are revoked.
+    pub fn tokens(&self) -> GoogleTokens {
+        GoogleTokens(self.shared.clone())
+    }
+
+    /// Issues an access token for a registered user (by email) without the browser flow, for
+    /// tests of a Google API; `None` when no such user was added.
+    pub fn issue_access_token(&self, email: &str, scopes: &[&str]) -> Option<String> {
+        let mut inner = self.shared.lock();
+        let sub = inner
+            .users
+            .iter()
+            .find(|u| u.email.eq_ignore_ascii_case(email))?
+            .sub
+            .clone();
+        let grant = inner.grants.len();
+        inner.grants.push(Grant {
+            client_id: DIRECT_GRANT_CLIENT.to_owned(),
+            sub,
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            revoked: false,
+        });
+        let token = random_token("ya29.");
+        let expires_at = Instant::now() + self.shared.config.access_token_ttl;
+        inner
+            .access_tokens
+            .insert(token.clone(), AccessToken { grant, expires_at });
+        Some(token)
+    }
+
     /// Claims of a valid ID token for `user` as seen by `client_id` (scopes `openid email
     /// profile`, no nonce): a baseline for negative tests to alter and [`Self::sign_id_token`].
     pub fn claims_for(&self, user: &FakeGoogleUser, client_id: &str) -> Value {
@@ -349,6 +385,61 @@ impl FakeGoogle {
     pub fn current_kid(&self) -> String {
         self.shared.lock().keys.current.kid.clone()
     }
+}
+
+/// The client id recorded for tokens made by [`FakeGoogle::issue_access_token`].
+const DIRECT_GRANT_CLIENT: &str = "fake-direct-grant";
+
+/// What an access token grants: the user and the scopes as requested (`email`, not its URL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoogleTokenInfo {
+    pub sub: String,
+    pub email: String,
+    pub scopes: Vec<String>,
+}
+
+/// Shared view of a [`FakeGoogle`]'s access tokens; cheap to clone.
+#[derive(Clone)]
+pub struct GoogleTokens(Arc<Shared>);
+
+impl GoogleTokens {
+    /// The grant behind a live (unexpired, unrevoked) access token.
+    pub fn info(&self, access_token: &str) -> Option<GoogleTokenInfo> {
+        let inner = self.0.lock();
+        let token = inner.access_tokens.get(access_token)?;
+        if token.expires_at <= Instant::now() {
+            return None;
+        }
+        let grant = inner.grants.get(token.grant).filter(|g| !g.revoked)?;
+        let user = inner.users.iter().find(|u| u.sub == grant.sub)?;
+        Some(GoogleTokenInfo {
+            sub: user.sub.clone(),
+            email: user.email.clone(),
+            scopes: grant.scopes.clone(),
+        })
+    }
+
+    /// Emails of the registered users, so a fake API can tell "no such account" apart.
+    pub fn user_emails(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .users
+            .iter()
+            .map(|u| u.email.clone())
+            .collect()
+    }
+}
+
+/// Signs `claims` RS256 with this process's first published key, so other fakes (Microsoft)
+/// issue real ID tokens without generating a second RSA key.
+pub(crate) fn sign_with_shared_key(claims: &Value) -> io::Result<String> {
+    let key = published_key(0)?;
+    sign(&key, &key.kid, claims).map_err(io::Error::other)
+}
+
+/// The public JWK that verifies [`sign_with_shared_key`].
+pub(crate) fn shared_jwk() -> io::Result<Value> {
+    Ok(published_key(0)?.jwk())
 }
 
 // ---------------------------------------------------------------------------------------
