@@ -18,6 +18,7 @@ use crate::{
     domain::{first_break, AuditEntry, AuditRecord, Outcome, GENESIS_HASH},
     store::{AuditFilter, AuditStore, TenancyStore},
 };
+pub(crate) use maxai_kit::structs::{json_to_struct, struct_to_json};
 
 /// Appends audit records; a failure to record is logged loudly and never undoes the action.
 pub struct AuditLog {
@@ -197,31 +198,6 @@ fn entry_to_pb(e: &AuditEntry) -> pb::AuditEntry {
             .and_then(|v| json_to_struct(&v)),
         previous_hash: previous_hash.clone(),
         hash: hash.clone(),
-    }
-}
-
-fn json_to_struct(v: &serde_json::Value) -> Option<prost_types::Struct> {
-    fn value(v: &serde_json::Value) -> prost_types::Value {
-        use prost_types::value::Kind;
-        let kind = match v {
-            serde_json::Value::Null => Kind::NullValue(0),
-            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-            serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-                values: a.iter().map(value).collect(),
-            }),
-            serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
-                fields: o.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
-            }),
-        };
-        prost_types::Value { kind: Some(kind) }
-    }
-    match v {
-        serde_json::Value::Object(o) => Some(prost_types::Struct {
-            fields: o.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
-        }),
-        _ => None,
     }
 }
 

@@ -19,6 +19,89 @@ pub struct IamConfig {
     /// Lifetime of a refresh-token family (a sign-in), in seconds; refreshing does not extend it.
     pub refresh_token_ttl_secs: u64,
     pub google: GoogleConfig,
+    /// Connected provider accounts (OAuth apps of GHL, Google and Microsoft).
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+}
+
+/// `[iam.connections]`: how clients connect their provider accounts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// This platform's public `/v1/connections/oauth/callback` URL, registered with every
+    /// provider's OAuth app.
+    pub redirect_uri: String,
+    /// `return_to` values must start with one of these (open redirects are refused).
+    pub return_to_allowlist: Vec<String>,
+    /// GoHighLevel marketplace app (location tokens).
+    pub ghl: OAuthAppConfig,
+    /// Google Cloud OAuth client with the Calendar API enabled.
+    pub google: OAuthAppConfig,
+    /// Microsoft Entra app registration with Calendars.ReadWrite.
+    pub microsoft: OAuthAppConfig,
+}
+
+/// One provider's OAuth app: empty `client_id` turns that provider's connections off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthAppConfig {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub authorize_url: String,
+    pub token_url: String,
+    /// Token revocation endpoint; empty when the provider has none.
+    #[serde(default)]
+    pub revoke_url: String,
+    /// Scopes asked for by default.
+    pub scopes: Vec<String>,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        let app = |authorize: &str, token: &str, revoke: &str, scopes: &[&str]| OAuthAppConfig {
+            client_id: String::new(),
+            client_secret: SecretString::from(String::new()),
+            authorize_url: authorize.into(),
+            token_url: token.into(),
+            revoke_url: revoke.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        };
+        ConnectionsConfig {
+            redirect_uri: "http://127.0.0.1:8080/v1/connections/oauth/callback".into(),
+            return_to_allowlist: vec![
+                "http://127.0.0.1:8080/".into(),
+                "http://localhost:8080/".into(),
+            ],
+            ghl: app(
+                "https://marketplace.gohighlevel.com/v2/oauth/chooselocation",
+                "https://services.leadconnectorhq.com/oauth/token",
+                "",
+                &[
+                    "contacts.readonly",
+                    "contacts.write",
+                    "opportunities.readonly",
+                    "calendars.readonly",
+                    "calendars/events.write",
+                ],
+            ),
+            google: app(
+                "https://accounts.google.com/o/oauth2/v2/auth",
+                "https://oauth2.googleapis.com/token",
+                "https://oauth2.googleapis.com/revoke",
+                &[
+                    "openid",
+                    "email",
+                    "https://www.googleapis.com/auth/calendar",
+                ],
+            ),
+            microsoft: app(
+                "https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
+                "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+                "",
+                &["openid", "email", "offline_access", "Calendars.ReadWrite"],
+            ),
+        }
+    }
 }
 
 /// `[iam.google]`: server-side Google sign-in (OpenID Connect authorization code + PKCE).

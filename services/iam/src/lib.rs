@@ -19,12 +19,14 @@
 //! | [`sessions`] | refresh-token families: rotation and reuse detection |
 //! | [`sso`] | Google sign-in (OIDC code + PKCE) and hosted-domain bindings |
 //! | [`tokens`] | signing keys (encrypted at rest, rotated), access-token issue and verify |
+//! | [`connections`] | clients' connected provider accounts: OAuth and API keys, sealed, refreshed |
 //! | [`api`] | the tonic services |
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod connections;
 pub mod convert;
 pub mod domain;
 pub mod policy;
@@ -44,7 +46,9 @@ use maxai_kit::{
 use maxai_proto::maxai::iam::v1::{
     audit_service_server::AuditServiceServer, auth_service_server::AuthServiceServer,
     authorization_service_server::AuthorizationServiceServer,
-    client_service_server::ClientServiceServer, role_service_server::RoleServiceServer,
+    client_service_server::ClientServiceServer,
+    connection_credential_service_server::ConnectionCredentialServiceServer,
+    connection_service_server::ConnectionServiceServer, role_service_server::RoleServiceServer,
     service_account_service_server::ServiceAccountServiceServer,
     sso_domain_service_server::SsoDomainServiceServer, tenant_service_server::TenantServiceServer,
     user_service_server::UserServiceServer,
@@ -52,7 +56,7 @@ use maxai_proto::maxai::iam::v1::{
 use sqlx::migrate::Migrator;
 
 /// gRPC services this crate serves, for health, reflection and the gateway.
-pub const SERVICE_NAMES: [&str; 9] = [
+pub const SERVICE_NAMES: [&str; 11] = [
     "maxai.iam.v1.AuthService",
     "maxai.iam.v1.SsoDomainService",
     "maxai.iam.v1.TenantService",
@@ -62,6 +66,8 @@ pub const SERVICE_NAMES: [&str; 9] = [
     "maxai.iam.v1.AuditService",
     "maxai.iam.v1.UserService",
     "maxai.iam.v1.ServiceAccountService",
+    "maxai.iam.v1.ConnectionService",
+    "maxai.iam.v1.ConnectionCredentialService",
 ];
 /// Storage name: PostgreSQL schema `iam`, SQLite file `iam.db`.
 pub const STORAGE_NAME: &str = "iam";
@@ -85,6 +91,8 @@ pub struct Servers {
     pub accounts: ServiceAccountServiceServer<api::AccountsApi>,
     pub auth: AuthServiceServer<api::AuthApi>,
     pub sso_domains: SsoDomainServiceServer<api::SsoDomainsApi>,
+    pub connections: ConnectionServiceServer<api::ConnectionsApi>,
+    pub credentials: ConnectionCredentialServiceServer<api::ConnectionsApi>,
     /// The signing keys, for verifying tokens in this process.
     pub key_ring: Arc<tokens::KeyRing>,
     /// The policy engine, for authorizing calls in this process.
@@ -105,6 +113,8 @@ impl Servers {
         routes.add_service(self.accounts);
         routes.add_service(self.auth);
         routes.add_service(self.sso_domains);
+        routes.add_service(self.connections);
+        routes.add_service(self.credentials);
     }
 }
 
@@ -378,7 +388,7 @@ pub async fn start(
         google,
     ));
     let sso_api = Arc::new(api::SsoDomainsApi::new(
-        db,
+        db.clone(),
         tenancy.clone(),
         audit.clone(),
         config.google.domain_verification_url.clone(),
@@ -399,6 +409,19 @@ pub async fn start(
         tenancy.clone(),
         access,
         policy.clone(),
+        audit.clone(),
+    ));
+    let master = Arc::new(tokens::MasterKey::for_storage(
+        &config.master_key,
+        storage_config,
+    )?);
+    let connections_api = Arc::new(api::ConnectionsApi::new(
+        Arc::new(connections::Connections::new(
+            db.clone(),
+            master,
+            config.connections.clone(),
+        )),
+        tenancy.clone(),
         audit.clone(),
     ));
     let audit_api = Arc::new(audit::AuditApi::new(audit_store, tenancy.clone()));
@@ -429,6 +452,12 @@ pub async fn start(
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
         sso_domains: SsoDomainServiceServer::from_arc(sso_api)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+        connections: ConnectionServiceServer::from_arc(connections_api.clone())
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes),
+        credentials: ConnectionCredentialServiceServer::from_arc(connections_api)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes),
         key_ring,

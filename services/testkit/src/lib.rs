@@ -308,6 +308,7 @@ pub fn iam_config() -> maxai_iam::config::IamConfig {
             return_to_allowlist: Vec::new(),
             domain_verification_url: String::new(),
         },
+        connections: Default::default(),
     }
 }
 

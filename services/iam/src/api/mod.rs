@@ -1,6 +1,7 @@
 //! The gRPC surface of IAM.
 pub mod accounts;
 pub mod auth;
+pub mod connections;
 pub(crate) mod names;
 pub mod roles;
 pub mod sso_domains;
@@ -9,6 +10,7 @@ pub mod users;
 
 pub use accounts::AccountsApi;
 pub use auth::AuthApi;
+pub use connections::ConnectionsApi;
 pub use roles::AccessApi;
 pub use sso_domains::SsoDomainsApi;
 pub use tenants::TenantsApi;

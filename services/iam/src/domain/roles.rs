@@ -106,6 +106,10 @@ fn verb(permission: &str) -> &str {
     permission.rsplit('.').next().unwrap_or("")
 }
 
+/// Permissions only the platform's own services hold: a person, however privileged, never
+/// reads a connection's secrets in clear.
+pub const SERVICE_ONLY: &[&str] = &["iam.connections.getCredential"];
+
 /// The built-in role of the platform's own services (service-to-service calls).
 pub const PLATFORM_SERVICE: &str = "platform-service";
 
@@ -129,8 +133,8 @@ pub fn built_in_roles() -> &'static [BuiltInRole] {
             BuiltInRole {
                 id: "platform-admin",
                 title: "Platform admin",
-                description: "Operates the platform: every permission everywhere.",
-                permissions: pick(&|_| true),
+                description: "Operates the platform: every permission everywhere, but reading connections' secrets.",
+                permissions: pick(&|p| !SERVICE_ONLY.contains(&p.permission.as_str())),
             },
             BuiltInRole {
                 id: "tenant-admin",
@@ -161,7 +165,9 @@ pub fn built_in_roles() -> &'static [BuiltInRole] {
                 title: "Platform service",
                 description: "The platform's own services calling each other: hand over events and call the integration ports; nothing an operator or tenant does.",
                 permissions: pick(&|p| {
-                    p.permission.starts_with("ports.") || p.permission == "events.consume"
+                    p.permission.starts_with("ports.")
+                        || p.permission == "events.consume"
+                        || p.permission == "iam.connections.getCredential"
                 }),
             },
         ]
