@@ -1,0 +1,164 @@
+//! The execution engine: workers claim runnable executions with expiring leases (fairly across
+//! tenants, within every concurrency cap), run their steps and checkpoint after each one, so a
+//! killed worker's execution resumes elsewhere from its last finished step. Waiting (delay,
+//! delegated workflow) is a state in the database with a wake-up time, never a sleeping task.
+//! A runtime failure fails that execution with a stored reason; store errors leave it to be
+//! retried when the lease expires. Nothing an execution does can stop a worker. At shutdown a
+//! worker drains: it stops claiming, lets each running execution reach its next step boundary
+//! (bounded by `drain_ms`), then stops the rest and releases its leases, so another replica
+//! resumes them at once instead of after the lease expires.
+pub mod ports;
+mod run;
+
+use std::{sync::Arc, time::Duration};
+
+use maxai_kit::{storage::now_micros, CancellationToken, Result};
+use tokio::{sync::Notify, task::JoinSet};
+
+use crate::{
+    config::OrchestratorConfig,
+    store::{ClaimCaps, Limits, OrchestratorStore},
+};
+
+pub use ports::{Credential, PortCaller};
+
+/// Shared by every worker of a replica.
+pub struct Engine {
+    pub(crate) store: Arc<dyn OrchestratorStore>,
+    pub(crate) ports: PortCaller,
+    pub(crate) config: OrchestratorConfig,
+    wake: Notify,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn OrchestratorStore>,
+        ports: PortCaller,
+        config: OrchestratorConfig,
+    ) -> Arc<Self> {
+        Arc::new(Engine {
+            store,
+            ports,
+            config,
+            wake: Notify::new(),
+        })
+    }
+
+    /// Tells idle workers new work exists (RunFlow, an event) instead of waiting for the poll.
+    pub fn notify(&self) {
+        self.wake.notify_waiters();
+    }
+
+    pub(crate) fn lease_us(&self) -> i64 {
+        (self.config.lease_ms as i64).saturating_mul(1000)
+    }
+
+    fn caps(&self) -> ClaimCaps {
+        let c = &self.config;
+        ClaimCaps {
+            global_running: c.global_max_running,
+            defaults: Limits {
+                max_running: c.default_max_running,
+                max_running_per_flow: c.default_max_running_per_flow,
+                max_running_per_client: c.default_max_running_per_client,
+                max_pending: c.default_max_pending,
+            },
+        }
+    }
+
+    /// Starts `config.workers` workers; they stop at `shutdown`.
+    pub fn spawn_workers(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.config.workers.max(1))
+            .map(|i| {
+                let id = format!("{}-{i}", uuid::Uuid::new_v4().simple());
+                tokio::spawn(self.clone().worker(id, shutdown.clone()))
+            })
+            .collect()
+    }
+
+    /// One worker: claims while it has free slots, runs each claimed execution in its own task.
+    /// At `shutdown` it drains (see the module doc); dropping it (a killed process) abandons its
+    /// executions to their leases.
+    pub async fn worker(self: Arc<Self>, id: String, shutdown: CancellationToken) {
+        let mut running = JoinSet::new();
+        let slots = self.config.executions_per_worker.max(1);
+        let poll = Duration::from_millis(self.config.poll_ms.max(1));
+        loop {
+            if shutdown.is_cancelled() {
+                return self.drain(&id, running).await;
+            }
+            let free = slots.saturating_sub(running.len());
+            if free > 0 {
+                match self
+                    .store
+                    .claim(&id, now_micros(), self.lease_us(), free as i64, self.caps())
+                    .await
+                {
+                    Ok(claimed) => {
+                        for exec in claimed {
+                            let engine = self.clone();
+                            let worker = id.clone();
+                            let stop = shutdown.clone();
+                            running.spawn(async move {
+                                engine.run_execution(&worker, exec, &stop).await
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, worker = %id, "claim failed"),
+                }
+            }
+            let notified = self.wake.notified();
+            tokio::select! {
+                _ = shutdown.cancelled() => return self.drain(&id, running).await,
+                _ = notified => {}
+                _ = tokio::time::sleep(poll) => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+            }
+        }
+    }
+
+    /// The shutdown half of [`worker`](Self::worker): executions see the cancelled token at
+    /// their next step boundary and hand their lease back themselves; those still busy after
+    /// `drain_ms` are stopped, and every lease left is released.
+    async fn drain(&self, id: &str, mut running: JoinSet<()>) {
+        let grace = Duration::from_millis(self.config.drain_ms);
+        let all_done = async { while running.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all_done).await.is_err() {
+            tracing::warn!(worker = %id, left = running.len(), "drain timed out; stopping the rest");
+        }
+        // Aborts the stragglers and waits for them, so none writes after the release below.
+        running.shutdown().await;
+        match self.store.release_leases(id, None, now_micros()).await {
+            Ok(n) if n > 0 => tracing::info!(worker = %id, released = n, "leases released"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(worker = %id, error = %e, "releasing leases failed; they expire")
+            }
+        }
+    }
+
+    /// Claims what is runnable now and runs it to its next stop (finished or waiting); returns
+    /// how many executions it ran. Deterministic driving for tests and tools.
+    pub async fn run_once(self: &Arc<Self>, worker: &str, max: i64) -> Result<usize> {
+        let claimed = self
+            .store
+            .claim(worker, now_micros(), self.lease_us(), max, self.caps())
+            .await?;
+        let n = claimed.len();
+        let mut set = JoinSet::new();
+        for exec in claimed {
+            let engine = self.clone();
+            let worker = worker.to_owned();
+            set.spawn(async move {
+                engine
+                    .run_execution(&worker, exec, &CancellationToken::new())
+                    .await
+            });
+        }
+        while set.join_next().await.is_some() {}
+        Ok(n)
+    }
+}
