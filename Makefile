@@ -39,6 +39,10 @@ fmt:
 	$(CARGO) fmt --all
 	$(BUF) format -w
 
+## demo: the agency story against a running `make run` (start it first, in another terminal)
+demo:
+	$(CARGO) run -q -p maxai-platform --bin maxai -- demo
+
 ## bench: release build, in-process load on 127.0.0.1, table printed and written to bench/results/
 bench:
 	$(CARGO) build --release -p maxai-platform --bin maxai

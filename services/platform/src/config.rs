@@ -20,6 +20,10 @@ pub struct PlatformConfig {
     pub flags: FlagsConfig,
     pub iam: IamConfig,
     pub webhook: maxai_webhook_ingress::config::WebhookConfig,
+    #[serde(default)]
+    pub adapters: crate::adapters::AdaptersConfig,
+    #[serde(default)]
+    pub orchestrator: maxai_orchestrator::OrchestratorConfig,
 }
 
 impl PlatformConfig {

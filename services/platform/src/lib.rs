@@ -2,7 +2,10 @@
 //! the gateway and the metrics endpoint, and how migrations are applied.
 #![forbid(unsafe_code)]
 
+pub mod adapters;
 pub mod config;
+pub mod demo;
+pub mod sandbox;
 
 use std::{net::SocketAddr, time::Instant};
 
@@ -24,14 +27,19 @@ pub enum Component {
     FeatureFlags,
     Iam,
     WebhookIngress,
+    /// The integration ports (provider adapters).
+    Adapters,
+    Orchestrator,
     Gateway,
 }
 
 impl Component {
-    pub const ALL: [Component; 4] = [
+    pub const ALL: [Component; 6] = [
         Component::FeatureFlags,
         Component::Iam,
         Component::WebhookIngress,
+        Component::Adapters,
+        Component::Orchestrator,
         Component::Gateway,
     ];
 
@@ -40,6 +48,8 @@ impl Component {
             Component::FeatureFlags => "feature-flags",
             Component::Iam => "iam",
             Component::WebhookIngress => "webhook-ingress",
+            Component::Adapters => "adapters",
+            Component::Orchestrator => "orchestrator",
             Component::Gateway => "gateway",
         }
     }
@@ -64,13 +74,14 @@ impl Component {
 }
 
 /// Services whose contracts are published but whose implementation is still to come.
-pub const PLANNED: [&str; 4] = ["prompt", "orchestrator", "billing-usage", "payments"];
+pub const PLANNED: [&str; 3] = ["prompt", "billing-usage", "payments"];
 
 /// gRPC services the gateway routes to (those implemented).
 pub fn routed_services() -> Vec<String> {
     let mut names = vec![maxai_feature_flags::SERVICE_NAME.to_owned()];
     names.extend(maxai_iam::SERVICE_NAMES.map(String::from));
     names.push(maxai_webhook_ingress::SERVICE_NAME.to_owned());
+    names.push(maxai_orchestrator::SERVICE_NAMES[0].to_owned());
     names
 }
 
@@ -163,6 +174,14 @@ pub async fn run(
     }
     let guard = guard(&config, &shared, in_process, shutdown.clone()).await?;
     let mut webhook = None;
+    let mut config = config;
+    if components.contains(&Component::Orchestrator) && config.webhook.consumers.is_empty() {
+        // In one process the orchestrator consumes every event unless told otherwise.
+        config
+            .webhook
+            .consumers
+            .insert("orchestrator".to_owned(), String::new());
+    }
     if components.contains(&Component::WebhookIngress) {
         let master =
             maxai_kit::sealed::MasterKey::for_storage(&config.iam.master_key, &config.storage)
@@ -179,6 +198,84 @@ pub async fn run(
         names.push(maxai_webhook_ingress::SERVICE_NAME.to_owned());
         webhook = Some((started.store, started.stored));
     }
+    let own = format!("http://{}", loopback(sockets.grpc.local_addr()?));
+    let service_ring = match &in_process_ring {
+        Some(ring) => Some(ring.clone()),
+        None if components.contains(&Component::WebhookIngress)
+            || components.contains(&Component::Adapters)
+            || components.contains(&Component::Orchestrator) =>
+        {
+            Some(std::sync::Arc::new(
+                maxai_iam::key_ring(&config.storage, &config.iam)
+                    .await
+                    .context("the service identity's key ring")?,
+            ))
+        }
+        None => None,
+    };
+    if components.contains(&Component::Adapters) {
+        let iam_url = if components.contains(&Component::Iam) {
+            own.clone()
+        } else {
+            upstream_for(&config, "maxai.iam.v1.ConnectionCredentialService")
+        };
+        let channel = tonic::transport::Channel::from_shared(iam_url.clone())
+            .with_context(|| format!("IAM address {iam_url}"))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let ring = service_ring
+            .clone()
+            .context("adapters need the service identity's key ring")?;
+        let tokens = ServiceTokens::new(ring);
+        adapters::add_to(
+            &mut routes,
+            &config.adapters,
+            &shared,
+            channel,
+            std::sync::Arc::new(move || tokens.token()),
+            config.server.max_message_bytes,
+        );
+        names.extend(adapters::SERVICE_NAMES.map(String::from));
+    }
+    if components.contains(&Component::Orchestrator) {
+        let ports_url = if components.contains(&Component::Adapters) {
+            own.clone()
+        } else {
+            upstream_for(&config, "maxai.ports.")
+        };
+        let channel = tonic::transport::Channel::from_shared(ports_url.clone())
+            .with_context(|| format!("ports address {ports_url}"))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let ring = service_ring
+            .clone()
+            .context("the orchestrator needs the service identity's key ring")?;
+        let tokens = ServiceTokens::new(ring);
+        let started = maxai_orchestrator::start(
+            &config.orchestrator,
+            &config.storage,
+            maxai_orchestrator::PortCaller::new(
+                channel,
+                std::sync::Arc::new(move || tokens.token()),
+                config.server.max_message_bytes,
+            ),
+            shutdown.clone(),
+        )
+        .await
+        .context("orchestrator")?;
+        routes.add_service(started.orchestrator);
+        routes.add_service(started.consumer);
+        names.extend(maxai_orchestrator::SERVICE_NAMES.map(String::from));
+        let workers = started.tasks;
+        tasks.spawn(async move {
+            for worker in workers {
+                let _ = worker.await;
+            }
+            Ok(())
+        });
+    }
     if !names.is_empty() {
         listeners.grpc = Some(sockets.grpc.local_addr()?);
         let app = GrpcApp {
@@ -194,18 +291,9 @@ pub async fn run(
         });
     }
     if let Some((store, stored)) = webhook {
-        let own = listeners
-            .grpc
-            .map(|a| format!("http://{}", loopback(a)))
-            .unwrap_or_else(|| config.upstream());
-        let ring = match &in_process_ring {
-            Some(ring) => ring.clone(),
-            None => std::sync::Arc::new(
-                maxai_iam::key_ring(&config.storage, &config.iam)
-                    .await
-                    .context("webhook-ingress: the service identity's key ring")?,
-            ),
-        };
+        let ring = service_ring
+            .clone()
+            .context("webhook-ingress: the service identity's key ring")?;
         deliver_and_purge(&config, store, stored, &own, ring, &mut tasks, &shutdown)?;
     }
     if components.contains(&Component::Gateway) {
@@ -295,6 +383,19 @@ impl maxai_gateway::TenantRates for IamTenantRates {
             .insert(tenant.to_owned(), rate, std::time::Duration::from_secs(30));
         rate
     }
+}
+
+/// The configured address of the service `full_name` (longest matching upstream prefix), else
+/// the default upstream.
+fn upstream_for(config: &PlatformConfig, full_name: &str) -> String {
+    config
+        .gateway
+        .upstreams
+        .iter()
+        .filter(|(prefix, _)| full_name.starts_with(prefix.as_str()))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, url)| url.clone())
+        .unwrap_or_else(|| config.upstream())
 }
 
 /// Starts the webhook dispatcher (each consumer reached over gRPC, `""` meaning this process)
@@ -406,14 +507,7 @@ async fn guard(
     ) = match in_process {
         Some((keys, policy)) => (keys, policy),
         None => {
-            let url = config
-                .gateway
-                .upstreams
-                .iter()
-                .filter(|(prefix, _)| "maxai.iam.v1.AuthService".starts_with(prefix.as_str()))
-                .max_by_key(|(prefix, _)| prefix.len())
-                .map(|(_, url)| url.clone())
-                .unwrap_or_else(|| config.upstream());
+            let url = upstream_for(config, "maxai.iam.v1.AuthService");
             let channel = tonic::transport::Channel::from_shared(url.clone())
                 .with_context(|| format!("IAM address {url}"))?
                 .connect_timeout(std::time::Duration::from_secs(2))
@@ -479,7 +573,18 @@ pub async fn migrate(
                 done.push(format!("{} ({})", c.name(), db.dialect()));
                 db.close().await;
             }
-            Component::Gateway => {}
+            Component::Orchestrator => {
+                let db = storage::connect(
+                    &config.storage,
+                    maxai_orchestrator::STORAGE_NAME,
+                    &maxai_orchestrator::MIGRATIONS,
+                )
+                .await?;
+                done.push(format!("{} ({})", c.name(), db.dialect()));
+                db.close().await;
+            }
+            // Stateless: credentials live in IAM, idempotency results in the shared cache.
+            Component::Adapters | Component::Gateway => {}
         }
     }
     Ok(done)

@@ -36,6 +36,16 @@ enum Command {
     },
     /// Apply the database migrations of every service (or the named ones) and exit.
     Migrate { components: Vec<String> },
+    /// Tell the agency story against a running `maxai up` (same machine, same ./data): onboard
+    /// an agency, connect accounts, activate a flow, end a call, show the execution.
+    Demo {
+        /// The platform's REST gateway.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The platform's gRPC listener (the CRM port has no REST route).
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        grpc: String,
+    },
     /// Mint an access token from the local key store, e.g. for the bootstrap platform admin:
     /// `maxai token --subject tenants/platform/users/admin`.
     Token {
@@ -86,10 +96,20 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             };
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let mut config = config;
+            // Only `up` runs the sandbox: a `serve` replica is deployed next to real providers.
+            let sandbox = if show_banner && maxai_platform::sandbox::wanted(&config) {
+                Some(maxai_platform::sandbox::start(&mut config).await?)
+            } else {
+                None
+            };
             let sockets = Sockets::bind(&config).await?;
             run(config, &components, sockets, shutdown, |l| {
                 if show_banner {
                     banner(&l);
+                    if let Some(sandbox) = &sandbox {
+                        println!("{}", sandbox.describe());
+                    }
                 }
             })
             .await
@@ -122,6 +142,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Demo { url, grpc } => maxai_platform::demo::run(&config, &url, &grpc).await,
         Command::Migrate { components } => {
             let components = parse_components(&components)?;
             for done in migrate(&config, &components).await? {

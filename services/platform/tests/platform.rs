@@ -421,7 +421,14 @@ async fn services_in_separate_processes_check_credentials_through_iam() {
         format!("{{\"maxai.iam.v1\"=\"{}\"}}", iam.grpc),
     );
     let rest = start_args(
-        &["serve", "feature-flags", "webhook-ingress", "gateway"],
+        // The gateway is ready only when every service it routes answers SERVING.
+        &[
+            "serve",
+            "feature-flags",
+            "webhook-ingress",
+            "orchestrator",
+            "gateway",
+        ],
         &[data.clone(), upstreams],
     );
     wait_ready(&rest).await;

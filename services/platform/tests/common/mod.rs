@@ -69,7 +69,38 @@ pub async fn up(backend: &Backend) -> Up {
 }
 
 pub async fn up_with(backend: &Backend, adjust: impl FnOnce(&mut PlatformConfig)) -> Up {
+    up_config(
+        backend,
+        PlatformConfig::load(None).expect("defaults"),
+        adjust,
+    )
+    .await
+}
+
+/// The platform with the sandbox providers, as `maxai up` runs it.
+pub async fn up_sandbox(backend: &Backend) -> (Up, maxai_platform::sandbox::Sandbox) {
     let mut config = PlatformConfig::load(None).expect("defaults");
+    let sandbox = maxai_platform::sandbox::start(&mut config)
+        .await
+        .expect("sandbox");
+    (up_config(backend, config, |_| {}).await, sandbox)
+}
+
+pub async fn up_config(
+    backend: &Backend,
+    config: PlatformConfig,
+    adjust: impl FnOnce(&mut PlatformConfig),
+) -> Up {
+    up_config_joined(backend, config, adjust).await.0
+}
+
+/// [`up_config`], plus the task running the platform: drop the `Up` and await the task to know
+/// the platform has stopped (e.g. before starting another one on the same storage).
+pub async fn up_config_joined(
+    backend: &Backend,
+    mut config: PlatformConfig,
+    adjust: impl FnOnce(&mut PlatformConfig),
+) -> (Up, tokio::task::JoinHandle<()>) {
     config.storage = backend.storage.clone();
     config.iam.master_key = secrecy::SecretString::from(KEY.to_owned());
     for addr in [
@@ -87,7 +118,7 @@ pub async fn up_with(backend: &Backend, adjust: impl FnOnce(&mut PlatformConfig)
     let (tx, rx) = tokio::sync::oneshot::channel();
     let run_config = config.clone();
     let token = shutdown.clone();
-    tokio::spawn(async move {
+    let running = tokio::spawn(async move {
         let outcome = run(run_config, &Component::ALL, sockets, token, |l| {
             let _ = tx.send(l);
         })
@@ -103,13 +134,14 @@ pub async fn up_with(backend: &Backend, adjust: impl FnOnce(&mut PlatformConfig)
     let ring = maxai_iam::key_ring(&config.storage, &config.iam)
         .await
         .expect("key ring");
-    Up {
+    let up = Up {
         http: format!("http://{}", listeners.http.expect("http")),
         grpc: format!("http://{}", listeners.grpc.expect("grpc")),
         ring,
         shutdown,
         client: reqwest::Client::new(),
-    }
+    };
+    (up, running)
 }
 
 /// A consumer that records what it is handed and with which credential.
