@@ -39,6 +39,27 @@ pub struct ConnectionsConfig {
     pub google: OAuthAppConfig,
     /// Microsoft Entra app registration with Calendars.ReadWrite.
     pub microsoft: OAuthAppConfig,
+    /// Where API keys are checked before they are stored (n8n: the connection's own URL).
+    pub key_checks: KeyCheckConfig,
+}
+
+/// `[iam.connections.key_checks]`: the providers' API bases a new key is tried against.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyCheckConfig {
+    pub twilio: String,
+    pub retell: String,
+    pub openrouter: String,
+}
+
+impl Default for KeyCheckConfig {
+    fn default() -> Self {
+        KeyCheckConfig {
+            twilio: "https://api.twilio.com".into(),
+            retell: "https://api.retellai.com".into(),
+            openrouter: "https://openrouter.ai/api/v1".into(),
+        }
+    }
 }
 
 /// One provider's OAuth app: empty `client_id` turns that provider's connections off.
@@ -100,6 +121,7 @@ impl Default for ConnectionsConfig {
                 "",
                 &["openid", "email", "offline_access", "Calendars.ReadWrite"],
             ),
+            key_checks: KeyCheckConfig::default(),
         }
     }
 }

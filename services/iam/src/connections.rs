@@ -818,6 +818,76 @@ impl Connections {
         ))
     }
 
+    /// Tries a new API key against its provider with the cheapest authenticated read, so a
+    /// mistyped key is refused now rather than at the first flow. Providers without such a
+    /// check here (Stripe, PayPal) are stored as given.
+    pub async fn check_key(
+        &self,
+        provider: Provider,
+        base_url: &str,
+        credential: &pb::ApiKeyCredential,
+    ) -> Result<()> {
+        let checks = &self.config.key_checks;
+        let request = match provider {
+            Provider::Twilio => {
+                // A made-up message id: 404 with a good key, 401 with a bad one.
+                let user = if credential.key_id.is_empty() {
+                    &credential.account_id
+                } else {
+                    &credential.key_id
+                };
+                self.http
+                    .get(format!(
+                        "{}/2010-04-01/Accounts/{}/Messages/SM00000000000000000000000000000000.json",
+                        checks.twilio.trim_end_matches('/'),
+                        credential.account_id
+                    ))
+                    .basic_auth(user, Some(&credential.api_key))
+            }
+            Provider::Retell => self
+                .http
+                .get(format!(
+                    "{}/v2/list-agents?limit=1",
+                    checks.retell.trim_end_matches('/')
+                ))
+                .bearer_auth(&credential.api_key),
+            Provider::Openrouter => self
+                .http
+                .get(format!("{}/key", checks.openrouter.trim_end_matches('/')))
+                .bearer_auth(&credential.api_key),
+            Provider::N8n => self
+                .http
+                .get(format!(
+                    "{}/api/v1/workflows?limit=1",
+                    base_url.trim_end_matches('/')
+                ))
+                .header("X-N8N-API-KEY", &credential.api_key),
+            _ => return Ok(()),
+        };
+        let status = request
+            .send()
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    "the provider cannot be reached to check the key; try again, or set skip_validation",
+                )
+            })?
+            .status()
+            .as_u16();
+        match status {
+            200..=299 | 404 => Ok(()),
+            401 | 403 => Err(Error::invalid(
+                "credential.api_key",
+                "the provider refused this key",
+            )),
+            _ => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("the provider answered {status} while checking the key; try again"),
+            )),
+        }
+    }
+
     /// Revokes the grant at the provider where it has an endpoint for it (best effort: the
     /// secrets are destroyed here whatever it answers).
     pub async fn revoke_at_provider(&self, row: &Row) {

@@ -223,7 +223,8 @@ async fn api_key_connections_are_sealed_and_handed_only_to_the_platform() {
                     ..Default::default()
                 }),
                 request_id: "create-twilio-1".into(),
-                ..Default::default()
+                // No Twilio here; the key checks have their own test.
+                skip_validation: true,
             })
             .await
             .expect("create")
@@ -258,6 +259,8 @@ async fn api_key_connections_are_sealed_and_handed_only_to_the_platform() {
                     ..Default::default()
                 }),
                 request_id: "create-twilio-1".into(),
+                // No Twilio here; the key checks have their own test.
+                skip_validation: true,
                 ..Default::default()
             })
             .await
@@ -636,4 +639,148 @@ async fn replicas_refreshing_at_once_spend_the_rotating_refresh_token_once() {
             .count();
         assert_eq!(refused, 0, "no refresh token was spent twice");
     }
+}
+
+#[tokio::test]
+async fn microsoft_calendar_connects_and_keeps_the_rotated_refresh_token() {
+    use maxai_fakes::microsoft::{FakeMicrosoft, FakeMicrosoftClient, FakeMicrosoftConfig};
+    for backend in backends().await {
+        let ms = FakeMicrosoft::start(FakeMicrosoftConfig::default()).await;
+        ms.add_client(FakeMicrosoftClient {
+            client_id: "ms-app-1".into(),
+            client_secret: Some("ms-secret".into()),
+            redirect_uris: vec![CALLBACK.into()],
+        });
+        ms.add_user("front-desk@dental.example");
+        let mut config = iam_config();
+        let app = &mut config.connections.microsoft;
+        app.client_id = "ms-app-1".into();
+        app.client_secret = SecretString::from("ms-secret".to_owned());
+        app.authorize_url = format!("{}/common/oauth2/v2.0/authorize", ms.base_url());
+        app.token_url = format!("{}/common/oauth2/v2.0/token", ms.base_url());
+        config.connections.redirect_uri = CALLBACK.into();
+        let s = serve(&backend, config).await;
+        s.tenant_with_client("acme", "dental").await;
+        let admin = "tenants/acme/users/ann";
+        maxai_iam::ensure_grant(&s.storage, admin, "roles/tenant-admin", None)
+            .await
+            .expect("grant");
+        let started = s
+            .connections(admin)
+            .await
+            .start_connection_o_auth(pb::StartConnectionOAuthRequest {
+                parent: "tenants/acme/clients/dental".into(),
+                provider: Provider::MicrosoftCalendar as i32,
+                connection_id: "outlook".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("start")
+            .into_inner();
+        assert!(started.authorization_url.contains("code_challenge="));
+        let callback = authorize(&started.authorization_url).await;
+        let done = ConnectionServiceClient::connect(s.running.url())
+            .await
+            .expect("connect")
+            .complete_connection_o_auth(pb::CompleteConnectionOAuthRequest {
+                code: callback["code"].clone(),
+                state: callback["state"].clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("complete (PKCE verifier sent)")
+            .into_inner();
+        assert_eq!(done.connection.expect("c").state, State::Active as i32);
+        let name = "tenants/acme/clients/dental/connections/outlook";
+        let mut creds = s.credentials(MESH).await;
+        let mut seen = Vec::new();
+        // Microsoft refuses a refresh token once used: each refresh works only if the rotated
+        // one was persisted.
+        for _ in 0..3 {
+            let c = creds
+                .get_connection_credential(pb::GetConnectionCredentialRequest {
+                    name: name.into(),
+                    min_remaining: None,
+                    force_refresh: true,
+                })
+                .await
+                .expect("refresh")
+                .into_inner()
+                .credential
+                .expect("c");
+            assert!(!seen.contains(&c.access_token));
+            seen.push(c.access_token);
+        }
+        assert!(!s.stored_text().await.contains(&seen[2]));
+    }
+}
+
+#[tokio::test]
+async fn api_keys_are_tried_against_the_provider_before_they_are_stored() {
+    use maxai_fakes::openrouter::{FakeOpenRouter, FakeOpenRouterConfig, TEST_API_KEY};
+    use maxai_fakes::twilio::{FakeTwilio, FakeTwilioConfig};
+    let backend = maxai_testkit::sqlite();
+    let twilio = FakeTwilio::start(FakeTwilioConfig::default()).await;
+    let sid = "AC11111111111111111111111111111111";
+    twilio.add_account(sid, "right-token-0123456789");
+    let openrouter = FakeOpenRouter::start(FakeOpenRouterConfig::default()).await;
+    let mut config = iam_config();
+    config.connections.key_checks.twilio = twilio.base_url().to_owned();
+    config.connections.key_checks.openrouter = openrouter.base_url();
+    let s = serve(&backend, config).await;
+    s.tenant_with_client("acme", "dental").await;
+    let admin = "tenants/acme/users/ann";
+    maxai_iam::ensure_grant(&s.storage, admin, "roles/tenant-admin", None)
+        .await
+        .expect("grant");
+    let mut api = s.connections(admin).await;
+    let create =
+        |provider: Provider, id: &str, key: &str, account: &str| pb::CreateConnectionRequest {
+            parent: "tenants/acme/clients/dental".into(),
+            connection_id: id.into(),
+            connection: Some(pb::Connection {
+                provider: provider as i32,
+                ..Default::default()
+            }),
+            credential: Some(pb::ApiKeyCredential {
+                api_key: key.into(),
+                account_id: account.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+    let err = api
+        .create_connection(create(
+            Provider::Twilio,
+            "twilio",
+            "wrong-token-0123456789",
+            sid,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        format!("{:?}", err.details()).contains("credential.api_key")
+            || err.message().contains("invalid")
+    );
+    let err = api
+        .create_connection(create(Provider::Openrouter, "llm", "sk-or-v1-wrong", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        s.stored_text().await.len() < 5,
+        "nothing stored for refused keys"
+    );
+    api.create_connection(create(
+        Provider::Twilio,
+        "twilio",
+        "right-token-0123456789",
+        sid,
+    ))
+    .await
+    .expect("a good Twilio key");
+    api.create_connection(create(Provider::Openrouter, "llm", TEST_API_KEY, ""))
+        .await
+        .expect("a good OpenRouter key");
 }

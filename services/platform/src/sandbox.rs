@@ -137,6 +137,10 @@ pub async fn start(config: &mut PlatformConfig) -> anyhow::Result<Sandbox> {
         format!("{}/common/oauth2/v2.0/token", microsoft.base_url()),
         String::new(),
     );
+    let checks = &mut config.iam.connections.key_checks;
+    checks.twilio = twilio.base_url().to_owned();
+    checks.retell = retell.base_url().to_owned();
+    checks.openrouter = openrouter.base_url();
     let adapters = &mut config.adapters;
     adapters.ghl.base_url = ghl.base_url().to_owned();
     adapters.google_calendar.base_url = google_calendar.base_url().to_owned();

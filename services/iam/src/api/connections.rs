@@ -325,7 +325,7 @@ impl ConnectionService for ConnectionsApi {
             connection,
             connection_id,
             credential,
-            skip_validation: _,
+            skip_validation,
             request_id: rid,
         } = request.into_inner();
         let connection = connection.unwrap_or_default();
@@ -368,6 +368,11 @@ impl ConnectionService for ConnectionsApi {
                     connection: Some(existing.to_pb()),
                 }));
             }
+        }
+        if !skip_validation {
+            self.connections
+                .check_key(provider, &connection.base_url, &credential)
+                .await?;
         }
         let id = if connection_id.is_empty() {
             new_id(provider)
