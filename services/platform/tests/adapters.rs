@@ -19,6 +19,43 @@ use serde_json::json;
 use tonic::Code;
 
 const MESH: &str = "tenants/platform/serviceAccounts/mesh";
+
+/// Every log line of this test process, to look for secrets in.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_writer(logs.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("one subscriber per test process");
+        logs
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("logs")).into_owned()
+    }
+}
 const CLIENT: &str = "tenants/acme/clients/dental";
 
 fn sms(connection: &str, key: &str) -> SendSmsRequest {
@@ -36,6 +73,7 @@ fn sms(connection: &str, key: &str) -> SendSmsRequest {
 
 #[tokio::test]
 async fn connected_accounts_drive_the_ports_against_the_sandbox() {
+    let logs = Logs::capture();
     for backend in backends().await {
         let (up, sandbox) = up_sandbox(&backend).await;
         up.admin(
@@ -187,5 +225,18 @@ async fn connected_accounts_drive_the_ports_against_the_sandbox() {
         let stored = sandbox.ghl.contacts_of(sandbox::GHL_LOCATION);
         assert_eq!(stored.len(), 1, "{stored:?}");
         assert_eq!(stored[0]["email"], "pat@example.test");
+
+        // What was logged on the way names the connections but never their secrets.
+        let text = logs.text();
+        assert!(text.contains("connection authorized"), "logs were captured");
+        assert!(
+            !text.contains(sandbox::TWILIO_AUTH_TOKEN),
+            "the Twilio key is not logged"
+        );
+        let tokens = sandbox.ghl.issued_access_tokens();
+        assert!(!tokens.is_empty());
+        for token in tokens {
+            assert!(!text.contains(&token), "a GHL access token is not logged");
+        }
     }
 }
