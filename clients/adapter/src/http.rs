@@ -300,8 +300,13 @@ impl ProviderHttp {
         } else {
             message
         };
-        let error = ProviderError::http(self.provider, status, code, message)
-            .with_retry_after(retry_after(&headers));
+        let wait = retry_after(&headers).or_else(|| {
+            (status == 429)
+                .then(|| rate_limit_reset(&headers))
+                .flatten()
+        });
+        let error =
+            ProviderError::http(self.provider, status, code, message).with_retry_after(wait);
         (Err(error), false)
     }
 
@@ -333,6 +338,28 @@ fn outcome_unknown(mut error: ProviderError) -> ProviderError {
         error.message
     );
     error
+}
+
+/// When a 429 without `Retry-After` may be retried, from the rate-limit headers providers send
+/// instead: `RateLimit-Reset` / `X-RateLimit-Reset` (seconds, or a Unix time), or GHL's window
+/// (`X-RateLimit-Remaining: 0` with `X-RateLimit-Interval-Milliseconds`).
+pub fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
+    let number =
+        |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    if let Some(reset) = number("ratelimit-reset").or_else(|| number("x-ratelimit-reset")) {
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        // Large values are Unix times; small ones are seconds from now.
+        let secs = if reset > 1_000_000_000 {
+            reset.saturating_sub(now)
+        } else {
+            reset
+        };
+        return Some(Duration::from_secs(secs));
+    }
+    if number("x-ratelimit-remaining") == Some(0) {
+        return number("x-ratelimit-interval-milliseconds").map(Duration::from_millis);
+    }
+    None
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -374,5 +401,32 @@ mod tests {
         );
         h.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn rate_limit_headers_say_when_to_come_back() {
+        let mut h = HeaderMap::new();
+        assert_eq!(rate_limit_reset(&h), None);
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        h.insert(
+            "x-ratelimit-interval-milliseconds",
+            "10000".parse().unwrap(),
+        );
+        assert_eq!(
+            rate_limit_reset(&h),
+            Some(Duration::from_secs(10)),
+            "GHL's window"
+        );
+        h.insert("x-ratelimit-remaining", "3".parse().unwrap());
+        assert_eq!(rate_limit_reset(&h), None, "requests left: no wait");
+        h.insert("x-ratelimit-reset", "5".parse().unwrap());
+        assert_eq!(rate_limit_reset(&h), Some(Duration::from_secs(5)));
+        let at = chrono::Utc::now().timestamp() + 30;
+        h.insert("x-ratelimit-reset", at.to_string().parse().unwrap());
+        let wait = rate_limit_reset(&h).unwrap();
+        assert!(
+            wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28),
+            "{wait:?}"
+        );
     }
 }
