@@ -15,13 +15,18 @@
 //!   move by ±20% from one minute to the next). Speed is reported, never asserted.
 //! - Each row says where the CPU went ([`cpu`]): a low total means the figure is bound by
 //!   waiting, not by work.
+//! - The port and flow rows ([`ports`], [`flows`]) put their fakes on the server runtime too, so
+//!   the fake provider's work is counted with the system under test, as a provider's is not in
+//!   production: the port figure is a ceiling on the overhead, not a floor.
 #![forbid(unsafe_code)]
 
 mod baseline;
 mod cpu;
 mod flags;
+mod flows;
 mod iam;
 mod load;
+mod ports;
 mod report;
 mod startup;
 mod webhook;
@@ -60,6 +65,13 @@ const EVAL_GOAL: f64 = 100_000.0;
 const WEBHOOK_PG_GOAL: f64 = 12_000.0;
 const WEBHOOK_PROXY_SHARE_GOAL: f64 = 0.5;
 const WEBHOOK_SQLITE_GOAL: f64 = 10_000.0;
+/// Issue 5: a port call's p50 at light load at most this many times the bare echo's.
+const PORT_P50_GOAL: f64 = 2.0;
+/// Issue 6: flow executions finished per second on PostgreSQL.
+const FLOW_GOAL: f64 = 2_200.0;
+/// Events in flight for the flow throughput figure: twice the platform's default worker slots
+/// (2 workers × 16), so the engine, not the load, is the limit.
+const FLOW_IN_FLIGHT: usize = 64;
 
 struct Args {
     out: PathBuf,
@@ -151,6 +163,12 @@ fn progress(what: &str) {
 enum Case {
     Http(SocketAddr, HttpTarget),
     Echo(SocketAddr),
+    /// The echo with this many calls in flight.
+    EchoAt(SocketAddr, usize),
+    /// GetMessageStatus through the Twilio adapter with this many calls in flight.
+    Port(std::sync::Arc<ports::Port>, String, usize),
+    /// Events through the orchestrator with this many in flight.
+    Flow(std::sync::Arc<flows::Flows>, String, usize),
     Batch(SocketAddr, String),
     /// BatchAuthorize with this many calls in flight.
     Authorize(SocketAddr, String, usize),
@@ -165,6 +183,18 @@ impl Case {
             Case::Http(addr, t) => load::http_load(load, *addr, HTTP_CONNECTIONS, t.clone()).await,
             Case::Echo(addr) => {
                 baseline::load_echo(load, *addr, GRPC_IN_FLIGHT, GRPC_CHANNELS).await
+            }
+            Case::EchoAt(addr, in_flight) => {
+                let channels = GRPC_CHANNELS.min(*in_flight);
+                baseline::load_echo(load, *addr, *in_flight, channels).await
+            }
+            Case::Port(port, token, in_flight) => {
+                let channels = GRPC_CHANNELS.min(*in_flight);
+                ports::load_status(load, port.clone(), token, *in_flight, channels).await
+            }
+            Case::Flow(flows, token, in_flight) => {
+                let channels = GRPC_CHANNELS.min(*in_flight);
+                flows::load_flows(load, flows.clone(), token, *in_flight, channels).await
             }
             Case::Batch(addr, token) => {
                 flags::load_batch(load, *addr, token, GRPC_IN_FLIGHT, GRPC_CHANNELS).await
@@ -227,7 +257,8 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
     let sqlite_events = webhook::StripeEvents::new();
     // PostgreSQL is optional: without it its rows say why they are missing.
     let postgres = async {
-        let pg = webhook::Postgres::create(config.storage.max_connections).await?;
+        // webhook-ingress and the orchestrator each hold a pool of this size.
+        let pg = webhook::Postgres::create(2 * config.storage.max_connections).await?;
         let hook = webhook::Ingress::start(
             &sut,
             &config,
@@ -239,11 +270,34 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
         .await
         .context("webhook-ingress on PostgreSQL")?;
         let insert = pg.insert()?;
-        anyhow::Ok((pg, hook, insert))
+        let flows = flows::Flows::start(
+            &sut,
+            &config.orchestrator,
+            pg.storage(&config),
+            iam.guard.clone(),
+            config.server.max_message_bytes,
+            &token,
+            stop.clone(),
+        )
+        .await
+        .context("orchestrator on PostgreSQL")?;
+        anyhow::Ok((pg, hook, insert, flows))
     }
     .await
     .map_err(|e| format!("PostgreSQL: {e:#}"));
     let pg_events = webhook::StripeEvents::new();
+    progress("the Twilio adapter behind the guard, against the fake Twilio");
+    let port = std::sync::Arc::new(
+        ports::Port::start(
+            &sut,
+            iam.guard.clone(),
+            config.server.max_message_bytes,
+            &token,
+            stop.clone(),
+        )
+        .await
+        .context("the Twilio adapter")?,
+    );
 
     let proxy_body = serde_json::to_vec(&baseline::NameJson {
         name: baseline::ECHO_TEXT.into(),
@@ -277,20 +331,42 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
             Case::Authorize(iam.addr, token.clone(), LIGHT_IN_FLIGHT),
         ),
         ("token issuance", Case::Issue(iam.ring.clone())),
+        (
+            "tonic echo, light load",
+            Case::EchoAt(echo, LIGHT_IN_FLIGHT),
+        ),
+        (
+            "port GetMessageStatus, light load",
+            Case::Port(port.clone(), token.clone(), LIGHT_IN_FLIGHT),
+        ),
+        (
+            "port GetMessageStatus",
+            Case::Port(port.clone(), token.clone(), GRPC_IN_FLIGHT),
+        ),
     ];
     const HOOK_SQLITE: &str = "webhook ingest, SQLite";
     const HOOK_PG: &str = "webhook ingest, PostgreSQL";
     const PG_INSERT: &str = "PostgreSQL idempotent insert";
+    const FLOWS: &str = "flow executions, PostgreSQL";
+    const FLOWS_LIGHT: &str = "flow executions, PostgreSQL, light load";
     let mut hook_cases = vec![(
         HOOK_SQLITE,
         Case::Http(sqlite_hook.gateway, webhook::target(&sqlite_events)?),
     )];
-    if let Ok((_, hook, insert)) = &postgres {
+    if let Ok((_, hook, insert, flows)) = &postgres {
         hook_cases.push((
             HOOK_PG,
             Case::Http(hook.gateway, webhook::target(&pg_events)?),
         ));
         hook_cases.push((PG_INSERT, Case::PgInsert(insert.clone())));
+        hook_cases.push((
+            FLOWS,
+            Case::Flow(flows.clone(), token.clone(), FLOW_IN_FLIGHT),
+        ));
+        hook_cases.push((
+            FLOWS_LIGHT,
+            Case::Flow(flows.clone(), token.clone(), LIGHT_IN_FLIGHT),
+        ));
     }
     // Interleaved rounds: a slow spell of this shared machine lands on every measurement
     // alike instead of on whichever happened to run then, and the spread shows its size.
@@ -318,7 +394,7 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
             }
         }
     }
-    let [hello_s, echo_s, proxy_s, batch_s, gateway_s, authorize_s, authorize_light_s, issue_s] =
+    let [hello_s, echo_s, proxy_s, batch_s, gateway_s, authorize_s, authorize_light_s, issue_s, echo_light_s, port_light_s, port_s] =
         rounds.map(Stats::combine);
     let mut hook_stats: std::collections::HashMap<&str, Result<Stats, String>> = hook_cases
         .iter()
@@ -328,12 +404,17 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
     let pg_why = postgres.as_ref().err().cloned();
     let pg_missing = || pg_why.clone().unwrap_or_default();
     let mut take = |name: &str| hook_stats.remove(name).unwrap_or_else(|| Err(pg_missing()));
-    let (hook_sqlite_s, hook_pg_s, pg_insert_s) =
-        (take(HOOK_SQLITE), take(HOOK_PG), take(PG_INSERT));
+    let (hook_sqlite_s, hook_pg_s, pg_insert_s, flows_s, flows_light_s) = (
+        take(HOOK_SQLITE),
+        take(HOOK_PG),
+        take(PG_INSERT),
+        take(FLOWS),
+        take(FLOWS_LIGHT),
+    );
     // What the stores hold: every acknowledged webhook stored once, nothing quarantined.
     let sqlite_stored = sqlite_hook.stored().await;
     let pg_stored = match &postgres {
-        Ok((_, hook, _)) => Some(hook.stored().await),
+        Ok((_, hook, _, _)) => Some(hook.stored().await),
         Err(_) => None,
     };
     // The in-process services would otherwise share the cores with the binary being started.
@@ -341,7 +422,14 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
     let pg_summary = postgres
         .as_ref()
         .ok()
-        .map(|(pg, _, _)| (pg.pool_size, pg.settings.clone()));
+        .map(|(pg, _, _, _)| (pg.pool_size, pg.settings.clone()));
+    let flow_breakdowns = postgres.as_ref().ok().map(|(_, _, _, flows)| {
+        (
+            flows.breakdown(FLOW_IN_FLIGHT),
+            flows.breakdown(LIGHT_IN_FLIGHT),
+            flows.config.clone(),
+        )
+    });
     // Drops the bench database (its connections are closed by force).
     drop(postgres);
 
@@ -477,6 +565,123 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
         Err(why) => Row::failed(
             "PostgreSQL idempotent insert (one commit each)",
             "inserts/s",
+            why,
+        ),
+    });
+
+    rows.push(
+        Row::new("tonic echo unary, light load", "RPC/s")
+            .load(&echo_light_s, 1.0)
+            .note(&format!(
+                "baseline of the port rows; {LIGHT_IN_FLIGHT} in flight over {} channels",
+                GRPC_CHANNELS.min(LIGHT_IN_FLIGHT)
+            )),
+    );
+    let port_path = "gRPC → the kit's guard (bearer verified from its cache, ports.messaging.call \
+                     authorized on context.connection) → Twilio adapter (validation, credential \
+                     from StaticCredentials, breaker, reqwest) → fake Twilio over loopback HTTP \
+                     (axum, JSON) → port message";
+    let p50_ratio = port_light_s.p50_ms / echo_light_s.p50_ms.max(f64::MIN_POSITIVE);
+    rows.push(
+        Row::new(
+            "port GetMessageStatus via Twilio adapter, light load",
+            "RPC/s",
+        )
+        .load(&port_light_s, 1.0)
+        .baseline("tonic echo, light load", Some(echo_light_s.rate()))
+        .goal("p50 ≤2× echo p50")
+        .note(&format!(
+            "goal {}; p50 {:.3} ms = {p50_ratio:.2}× the echo's {:.3} ms; {LIGHT_IN_FLIGHT} in \
+                 flight; {port_path}; the fake's work runs on the server cores too",
+            if p50_ratio <= PORT_P50_GOAL {
+                "met"
+            } else {
+                "NOT met"
+            },
+            port_light_s.p50_ms,
+            echo_light_s.p50_ms,
+        )),
+    );
+    rows.push(
+        Row::new("port GetMessageStatus via Twilio adapter", "RPC/s")
+            .load(&port_s, 1.0)
+            .baseline("tonic echo unary", Some(echo_s.rate()))
+            .note(&format!(
+                "{grpc}; p50 {:.2}× the echo's at the same load; {port_path}",
+                port_s.p50_ms / echo_s.p50_ms.max(f64::MIN_POSITIVE)
+            )),
+    );
+    let (flow_loaded_b, flow_light_b, orch) = match flow_breakdowns {
+        Some((a, b, c)) => (a, b, Some(c)),
+        None => (None, None, None),
+    };
+    let orch_note = orch.map_or(String::new(), |c| {
+        format!(
+            "[orchestrator] settings (platform defaults): {} workers × {} executions, caps running {} per tenant, {} \
+             per flow, {} global, poll {} ms",
+            c.workers,
+            c.executions_per_worker,
+            c.default_max_running,
+            c.default_max_running_per_flow,
+            c.global_max_running,
+            c.poll_ms
+        )
+    });
+    let flow_what = "3-step flow (CEL if, SendSms, GetMessageStatus of its sid) started by \
+                     EventConsumerService.ConsumeEvent over gRPC behind the guard; port calls by \
+                     the engine's dynamic client to an in-process tonic fake answering at once; \
+                     latency = event sent → final checkpoint committed; every execution checked \
+                     SUCCEEDED with both port calls";
+    let ceiling = |b: &Option<flows::Breakdown>| match (b, insert_rate) {
+        (Some(b), Some(r)) if b.writes_per_execution() > 0.0 => format!(
+            "; one-commit-per-write ceiling ≈{:.0}/s (insert rate ÷ writes per execution)",
+            r / b.writes_per_execution()
+        ),
+        _ => String::new(),
+    };
+    rows.push(match &flows_s {
+        Ok(s) => Row::new(
+            "flow executions via ConsumeEvent, PostgreSQL",
+            "executions/s",
+        )
+        .load(s, 1.0)
+        .baseline("PostgreSQL idempotent insert, one commit each", insert_rate)
+        .goal("≥2,200/s")
+        .note(&format!(
+            "goal {}; {FLOW_IN_FLIGHT} events in flight over {GRPC_CHANNELS} channels; \
+                 {flow_what}; {orch_note}; {}{}",
+            if s.rate() >= FLOW_GOAL {
+                "met"
+            } else {
+                "NOT met"
+            },
+            flow_loaded_b
+                .as_ref()
+                .map_or(String::new(), flows::Breakdown::describe),
+            ceiling(&flow_loaded_b),
+        )),
+        Err(why) => Row::failed(
+            "flow executions via ConsumeEvent, PostgreSQL",
+            "executions/s",
+            why,
+        ),
+    });
+    rows.push(match &flows_light_s {
+        Ok(s) => Row::new(
+            "flow executions via ConsumeEvent, PostgreSQL, light load",
+            "executions/s",
+        )
+        .load(s, 1.0)
+        .baseline("PostgreSQL idempotent insert, one commit each", insert_rate)
+        .note(&format!(
+            "{LIGHT_IN_FLIGHT} events in flight: latency without queueing; {}",
+            flow_light_b
+                .as_ref()
+                .map_or(String::new(), flows::Breakdown::describe),
+        )),
+        Err(why) => Row::failed(
+            "flow executions via ConsumeEvent, PostgreSQL, light load",
+            "executions/s",
             why,
         ),
     });
