@@ -7,7 +7,8 @@
 //! caps) and its background workers; one tenant, one flow.
 //!
 //! Measuring choices:
-//! - An execution is finished when the engine's final checkpoint has committed. The store is
+//! - An execution is finished when the engine's final checkpoint (alone, or in one write with
+//!   the last step's result) has committed. The store is
 //!   wrapped ([`TimedStore`]) so that commit wakes the worker waiting for that event: latency is
 //!   event sent → final state durable, with no polling in between, and the wrapper times every
 //!   store call, which is where the breakdown in the row's note comes from (on 2 cores with no
@@ -67,7 +68,7 @@ const EVENT_TYPE: &str = "voice.call.ended";
 const SEND_SMS: &str = "maxai.ports.messaging.v1.MessagingService/SendSms";
 const GET_STATUS: &str = "maxai.ports.messaging.v1.MessagingService/GetMessageStatus";
 /// Store calls the breakdown times, in the order the note lists them.
-const OPS: [&str; 10] = [
+const OPS: [&str; 12] = [
     "list_triggers",
     "get_limits",
     "consume_event",
@@ -78,9 +79,11 @@ const OPS: [&str; 10] = [
     "finish_step",
     "checkpoint",
     "renew",
+    "record_step",
+    "finish_step_checkpoint",
 ];
 /// The ones that write (one transaction, so one commit, each).
-const WRITES: [usize; 6] = [2, 3, 6, 7, 8, 9];
+const WRITES: [usize; 8] = [2, 3, 6, 7, 8, 9, 10, 11];
 
 /// The flow every event starts: the condition holds for the bench's calls (95 s long).
 fn definition() -> Value {
@@ -262,6 +265,23 @@ impl TimedStore {
         let (tx, rx) = oneshot::channel();
         locked(&self.finish.waiters).insert(event_id.to_owned(), tx);
         rx
+    }
+
+    /// A committed step boundary: announces the execution when it is its final state.
+    fn checkpointed(&self, id: &str, cp: &Checkpoint) {
+        if !cp.state.is_finished() {
+            return;
+        }
+        let outcome = if cp.state == ExecState::Succeeded {
+            Ok(())
+        } else {
+            Err(format!(
+                "execution {id} ended {:?}: {:?}",
+                cp.state,
+                cp.error.as_ref().map(|e| &e.message)
+            ))
+        };
+        self.finished(id, outcome);
     }
 
     fn finished(&self, execution_id: &str, outcome: Result<(), String>) {
@@ -454,17 +474,52 @@ impl OrchestratorStore for TimedStore {
         let written = self
             .timed(8, self.inner.checkpoint(id, worker, cp, now, lease_us))
             .await;
-        if matches!(written, Ok(true)) && cp.state.is_finished() {
-            let outcome = if cp.state == ExecState::Succeeded {
-                Ok(())
-            } else {
-                Err(format!(
-                    "execution {id} ended {:?}: {:?}",
-                    cp.state,
-                    cp.error.as_ref().map(|e| &e.message)
-                ))
-            };
-            self.finished(id, outcome);
+        if matches!(written, Ok(true)) {
+            self.checkpointed(id, cp);
+        }
+        written
+    }
+    async fn record_step(
+        &self,
+        id: &str,
+        worker: &str,
+        run: &NewStepRun,
+        end: &StepEnd,
+        cp: &Checkpoint,
+        now: i64,
+        lease_us: i64,
+    ) -> maxai_kit::Result<Option<i64>> {
+        let written = self
+            .timed(
+                10,
+                self.inner
+                    .record_step(id, worker, run, end, cp, now, lease_us),
+            )
+            .await;
+        if matches!(written, Ok(Some(_))) {
+            self.checkpointed(id, cp);
+        }
+        written
+    }
+    async fn finish_step_checkpoint(
+        &self,
+        id: &str,
+        worker: &str,
+        seq: i64,
+        end: &StepEnd,
+        cp: &Checkpoint,
+        now: i64,
+        lease_us: i64,
+    ) -> maxai_kit::Result<bool> {
+        let written = self
+            .timed(
+                11,
+                self.inner
+                    .finish_step_checkpoint(id, worker, seq, end, cp, now, lease_us),
+            )
+            .await;
+        if matches!(written, Ok(true)) {
+            self.checkpointed(id, cp);
         }
         written
     }

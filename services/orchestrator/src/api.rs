@@ -629,6 +629,7 @@ impl OrchestratorService for OrchestratorApi {
         self.store
             .delete_flow(&flow.tenant, &flow.flow, expected, force, now_micros())
             .await?;
+        self.engine.forget_flow(&flow.tenant, &flow.flow);
         Ok(Response::new(pb::DeleteFlowResponse {}))
     }
 

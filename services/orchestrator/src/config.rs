@@ -47,14 +47,21 @@ pub struct OrchestratorConfig {
 impl Default for OrchestratorConfig {
     fn default() -> Self {
         OrchestratorConfig {
+            // Sizing (Little's law: throughput = executions in flight / time per execution).
+            // An execution spends nearly all its time waiting on commits and port calls, and a
+            // running one costs a task and a few KB, so slots are cheap; the old 16 per flow
+            // capped an instant three-step flow at ~160/s on PostgreSQL. 256 per tenant (and
+            // per flow and client) still leaves most of the 1,024 global slots to other tenants
+            // (fairness across tenants stays the claim's job); the store pool, not these caps,
+            // is what bounds a replica now.
             workers: 2,
-            executions_per_worker: 16,
+            executions_per_worker: 256,
             lease_ms: 30_000,
             poll_ms: 500,
-            global_max_running: 512,
-            default_max_running: 32,
-            default_max_running_per_flow: 16,
-            default_max_running_per_client: 16,
+            global_max_running: 1_024,
+            default_max_running: 256,
+            default_max_running_per_flow: 256,
+            default_max_running_per_client: 256,
             default_max_pending: 10_000,
             max_limit: 1_000,
             default_step_timeout_ms: 20_000,

@@ -10,15 +10,30 @@
 pub mod ports;
 mod run;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use maxai_kit::{storage::now_micros, CancellationToken, Result};
 use tokio::{sync::Notify, task::JoinSet};
 
 use crate::{
     config::OrchestratorConfig,
+    domain::{flow::Definition, VersionState},
     store::{ClaimCaps, Limits, OrchestratorStore},
 };
+
+/// How long a parsed pinned version is reused without reading it again. Active and retired
+/// versions never change, but a flow can be deleted and re-created under the same id with a
+/// different version 1; this replica forgets a deleted flow at once ([`Engine::forget_flow`]),
+/// other replicas after this long.
+const VERSION_TTL: Duration = Duration::from_secs(10);
+/// Versions kept at most; the cache starts over when full (cheap, and only costs reads).
+const VERSION_CACHE_MAX: usize = 10_000;
+
+type VersionKey = (String, String, i64);
 
 pub use ports::{Credential, PortCaller};
 
@@ -28,6 +43,9 @@ pub struct Engine {
     pub(crate) ports: PortCaller,
     pub(crate) config: OrchestratorConfig,
     wake: Notify,
+    /// Parsed pinned versions (never drafts, which still change), so an execution does not
+    /// read and parse its definition on every claim.
+    versions: Mutex<HashMap<VersionKey, (Instant, Arc<Definition>)>>,
 }
 
 impl Engine {
@@ -41,7 +59,53 @@ impl Engine {
             ports,
             config,
             wake: Notify::new(),
+            versions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The parsed definition an execution is pinned to; `None` when missing or unreadable.
+    pub(crate) async fn pinned_definition(
+        &self,
+        tenant: &str,
+        flow_id: &str,
+        version: i64,
+    ) -> Result<Option<Arc<Definition>>> {
+        let key = (tenant.to_owned(), flow_id.to_owned(), version);
+        let hit = self
+            .cached_versions()
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() < VERSION_TTL)
+            .map(|(_, def)| def.clone());
+        if hit.is_some() {
+            return Ok(hit);
+        }
+        let Some(record) = self.store.get_version(tenant, flow_id, version).await? else {
+            return Ok(None);
+        };
+        let Ok(def) = Definition::parse(&record.definition) else {
+            return Ok(None);
+        };
+        let def = Arc::new(def);
+        if record.state != VersionState::Draft {
+            let mut cache = self.cached_versions();
+            if cache.len() >= VERSION_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (Instant::now(), def.clone()));
+        }
+        Ok(Some(def))
+    }
+
+    /// Drops a flow's cached versions (it was deleted; its id may be reused).
+    pub fn forget_flow(&self, tenant: &str, flow_id: &str) {
+        self.cached_versions()
+            .retain(|(t, f, _), _| !(t == tenant && f == flow_id));
+    }
+
+    fn cached_versions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<VersionKey, (Instant, Arc<Definition>)>> {
+        self.versions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Tells idle workers new work exists (RunFlow, an event) instead of waiting for the poll.

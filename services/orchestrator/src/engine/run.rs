@@ -1,5 +1,10 @@
 //! Running one claimed execution from its cursor to its next stop.
-use std::{collections::HashMap, future::Future, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use maxai_kit::{storage::now_micros, CancellationToken, Result};
@@ -28,6 +33,16 @@ enum Outcome {
     Fail(ExecError),
     /// The lease is gone (cancelled, or taken over after expiry): stop without writing.
     Lost,
+}
+
+/// A step's end not yet written: it goes into the same transaction as the step boundary that
+/// follows it (one commit per instant step, two per port call instead of three and four). The
+/// boundary is written before the next step runs, so every result is still durable first.
+enum Pending {
+    /// An instant step (condition, set, fail): its whole run.
+    Record(NewStepRun, StepEnd),
+    /// A port call whose start is already stored (so a crash mid-call is seen on resume).
+    Finish(i64, StepEnd),
 }
 
 /// How one attempt-bearing action ended.
@@ -74,13 +89,15 @@ struct Run<'a> {
     /// The worker is shutting down: stop at the next step boundary and hand the lease back.
     stop: &'a CancellationToken,
     exec: ExecutionRecord,
-    def: Definition,
+    def: Arc<Definition>,
     ctx: Map<String, Value>,
     handling: bool,
     /// Attempts already made per (step, iteration), from earlier workers.
     attempts: HashMap<(String, Vec<i32>), i64>,
     /// Outputs of foreach body steps that already succeeded, reused on resume.
     done: HashMap<(String, Vec<i32>), Value>,
+    /// The last step's end, written with the next checkpoint ([`Pending`]).
+    pending: Mutex<Option<Pending>>,
 }
 
 impl Engine {
@@ -103,18 +120,25 @@ impl Engine {
         exec: ExecutionRecord,
         stop: &CancellationToken,
     ) -> Result<()> {
-        let version = self
-            .store
-            .get_version(&exec.tenant, &exec.flow_id, exec.version)
+        let def = self
+            .pinned_definition(&exec.tenant, &exec.flow_id, exec.version)
             .await?;
-        let def = version.and_then(|v| Definition::parse(&v.definition).ok());
         let ctx = match &exec.ctx {
             Value::Object(m) => m.clone(),
             _ => Map::new(),
         };
         let mut attempts: HashMap<(String, Vec<i32>), i64> = HashMap::new();
         let mut done = HashMap::new();
-        for r in self.store.step_runs(&exec.id).await? {
+        // A claim sets `start_us` only when it is unset, to the claim's own time (which it also
+        // writes to `update_us`), and a step run can only be started after a claim: an
+        // execution whose start is this claim has no history to read.
+        let fresh = exec.start_us == Some(exec.update_us);
+        let history = if fresh {
+            Vec::new()
+        } else {
+            self.store.step_runs(&exec.id).await?
+        };
+        for r in history {
             if r.state == StepState::Running {
                 // Its worker died or lost the lease mid-step: close the attempt so the history
                 // says what happened; the step runs again as the next attempt.
@@ -170,6 +194,7 @@ impl Engine {
             handling,
             attempts,
             done,
+            pending: Mutex::new(None),
         };
         run.go().await
     }
@@ -241,22 +266,57 @@ impl Run<'_> {
             output,
             error,
         };
-        let ok = self
-            .engine
-            .store
-            .checkpoint(
-                &self.exec.id,
-                self.worker,
-                &cp,
-                now_micros(),
-                self.lease_us(),
-            )
-            .await?;
+        let pending = self.take_pending();
+        let (store, id, worker) = (&self.engine.store, &self.exec.id, self.worker);
+        let (now, lease_us) = (now_micros(), self.lease_us());
+        let ok = match pending {
+            None => store.checkpoint(id, worker, &cp, now, lease_us).await?,
+            Some(Pending::Record(run, end)) => store
+                .record_step(id, worker, &run, &end, &cp, now, lease_us)
+                .await?
+                .is_some(),
+            Some(Pending::Finish(seq, end)) => {
+                store
+                    .finish_step_checkpoint(id, worker, seq, &end, &cp, now, lease_us)
+                    .await?
+            }
+        };
         if ok && state.is_finished() {
             metrics::counter!(crate::metrics::EXECUTIONS_FINISHED_TOTAL, "state" => state.as_str())
                 .increment(1);
         }
         Ok(ok)
+    }
+
+    fn take_pending(&self) -> Option<Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn defer(&self, p: Pending) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+    }
+
+    /// Like [`record`](Self::record) for a top-level instant step, but written with the
+    /// checkpoint that follows it.
+    fn defer_record(&self, step_id: &str, kind: StepKind, end: StepEnd) {
+        let attempt = self
+            .attempts
+            .get(&(step_id.to_owned(), Vec::new()))
+            .copied()
+            .unwrap_or(0)
+            + 1;
+        let run = NewStepRun {
+            step_id: step_id.to_owned(),
+            kind,
+            attempt,
+            iteration: Vec::new(),
+            method: String::new(),
+            input: None,
+        };
+        self.defer(Pending::Record(run, end));
     }
 
     async fn go(&mut self) -> Result<()> {
@@ -307,6 +367,10 @@ impl Run<'_> {
                 }
                 Outcome::Next(next) => {
                     self.ctx.remove("_wait");
+                    if next.is_none() {
+                        // The last step: its result and the final state in one write.
+                        return self.finish().await;
+                    }
                     cursor = next;
                     via_error = false;
                     if !self
@@ -482,7 +546,7 @@ impl Run<'_> {
                         input,
                         &[],
                         as_kind(StepKind::Call),
-                        "",
+                        true,
                     )
                     .await?
                 {
@@ -502,19 +566,7 @@ impl Run<'_> {
                         self.target(idx, i.otherwise.as_deref())
                     };
                     let out = json!({"result": b, "next": next.clone().unwrap_or_else(|| END.to_owned())});
-                    if self
-                        .record(
-                            id,
-                            as_kind(StepKind::Condition),
-                            &[],
-                            None,
-                            Self::ok_end(out.clone()),
-                        )
-                        .await?
-                        .is_none()
-                    {
-                        return Ok(Outcome::Lost);
-                    }
+                    self.defer_record(id, as_kind(StepKind::Condition), Self::ok_end(out.clone()));
                     self.set_output(id, out);
                     Outcome::Next(next)
                 }
@@ -549,37 +601,13 @@ impl Run<'_> {
                 }
                 let next = chosen.unwrap_or_else(|| self.target(idx, s.default.as_deref()));
                 let out = json!({"case": case_index, "next": next.clone().unwrap_or_else(|| END.to_owned())});
-                if self
-                    .record(
-                        id,
-                        as_kind(StepKind::Condition),
-                        &[],
-                        None,
-                        Self::ok_end(out.clone()),
-                    )
-                    .await?
-                    .is_none()
-                {
-                    return Ok(Outcome::Lost);
-                }
+                self.defer_record(id, as_kind(StepKind::Condition), Self::ok_end(out.clone()));
                 self.set_output(id, out);
                 Outcome::Next(next)
             }
             Kind::Set(s) => match cel::eval_mapping(&s.vars, &scope) {
                 Ok(values) => {
-                    if self
-                        .record(
-                            id,
-                            as_kind(StepKind::Set),
-                            &[],
-                            None,
-                            Self::ok_end(values.clone()),
-                        )
-                        .await?
-                        .is_none()
-                    {
-                        return Ok(Outcome::Lost);
-                    }
+                    self.defer_record(id, as_kind(StepKind::Set), Self::ok_end(values.clone()));
                     self.merge_vars(&values);
                     self.set_output(id, values);
                     Outcome::Next(self.successor(idx))
@@ -660,7 +688,7 @@ impl Run<'_> {
                         input,
                         &[],
                         as_kind(StepKind::Delegate),
-                        "",
+                        false,
                     )
                     .await?
                 {
@@ -725,7 +753,10 @@ impl Run<'_> {
         iteration: &[i32],
         err: ExecError,
     ) -> Result<Outcome> {
-        if self
+        if iteration.is_empty() {
+            // Followed by the failure's checkpoint (handler or FAILED), which writes it.
+            self.defer_record(step_id, kind, Self::err_end(&err));
+        } else if self
             .record(step_id, kind, iteration, None, Self::err_end(&err))
             .await?
             .is_none()
@@ -926,7 +957,9 @@ impl Run<'_> {
         input: Value,
         iteration: &[i32],
         kind: StepKind,
-        _note: &str,
+        // The caller checkpoints right after (a top-level call): the attempt's end goes into
+        // that checkpoint's transaction.
+        defer: bool,
     ) -> Result<Done> {
         let Some(method) = resolve_method(method_name) else {
             let err = engine_error(
@@ -988,17 +1021,27 @@ impl Run<'_> {
             };
             match answer {
                 Ok(out) => {
-                    store
-                        .finish_step(&self.exec.id, seq, &Self::ok_end(out.clone()), now_micros())
-                        .await?;
+                    let end = Self::ok_end(out.clone());
+                    if defer {
+                        self.defer(Pending::Finish(seq, end));
+                    } else {
+                        store
+                            .finish_step(&self.exec.id, seq, &end, now_micros())
+                            .await?;
+                    }
                     return Ok(Done::Ok(out));
                 }
                 Err(mut e) => {
                     e.step_id = step.id.clone();
+                    let last_attempt = attempt >= last || !retry.retryable(&e.code);
+                    if defer && last_attempt {
+                        self.defer(Pending::Finish(seq, Self::err_end(&e)));
+                        return Ok(Done::Err(e));
+                    }
                     store
                         .finish_step(&self.exec.id, seq, &Self::err_end(&e), now_micros())
                         .await?;
-                    if attempt >= last || !retry.retryable(&e.code) {
+                    if last_attempt {
                         return Ok(Done::Err(e));
                     }
                     let wait = retry.backoff_ms(attempt as u32 + 1, rand::random::<f64>());
@@ -1138,7 +1181,7 @@ impl Run<'_> {
                         };
                         let conn = c.connection.clone().unwrap_or_default();
                         match self
-                            .call_step(body, &c.method, &conn, input, &path, StepKind::Call, "")
+                            .call_step(body, &c.method, &conn, input, &path, StepKind::Call, false)
                             .await?
                         {
                             Done::Ok(v) => v,

@@ -87,6 +87,132 @@ pub async fn run(store: &dyn OrchestratorStore) {
     fair_claims(store).await;
     events_and_schedules(store).await;
     concurrent_retries_and_the_pending_cap(store).await;
+    step_results_with_their_checkpoint(store).await;
+}
+
+/// `record_step` and `finish_step_checkpoint` write a step's end and the boundary after it
+/// together, and nothing at all for a worker without the lease. Runs last: it claims whatever
+/// is runnable and only looks at its own execution.
+async fn step_results_with_their_checkpoint(s: &dyn OrchestratorStore) {
+    use crate::domain::{StepKind, StepState};
+    let now = 900_000_000_000;
+    s.create_execution(&new_execution("rs1", "t-rs", "f", ""), None, 0, now)
+        .await
+        .unwrap();
+    let claimed = s
+        .claim("w-rs", now, 1_000_000, 1_000, caps(100_000, 100_000))
+        .await
+        .unwrap();
+    assert!(claimed.iter().any(|e| e.id == "rs1"));
+    let instant = NewStepRun {
+        step_id: "cond".into(),
+        kind: StepKind::Condition,
+        attempt: 1,
+        iteration: vec![],
+        method: String::new(),
+        input: None,
+    };
+    let ok = |out: serde_json::Value| StepEnd {
+        state: StepState::Succeeded,
+        output: Some(out),
+        error: None,
+        resume_us: None,
+    };
+    let next = Checkpoint {
+        state: ExecState::Running,
+        cursor: Some("call".into()),
+        ctx: json!({"steps": {"cond": {"output": {"result": true}}}}),
+        handling: false,
+        wake_us: None,
+        output: None,
+        error: None,
+    };
+    let end = ok(json!({"result": true}));
+    assert_eq!(
+        s.record_step("rs1", "intruder", &instant, &end, &next, now + 1, 1_000_000)
+            .await
+            .unwrap(),
+        None,
+        "not the lease holder"
+    );
+    assert!(s.step_runs("rs1").await.unwrap().is_empty());
+    assert_eq!(
+        s.get_execution("t-rs", "rs1")
+            .await
+            .unwrap()
+            .unwrap()
+            .cursor,
+        None
+    );
+    assert_eq!(
+        s.record_step("rs1", "w-rs", &instant, &end, &next, now + 2, 1_000_000)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    let e = s.get_execution("t-rs", "rs1").await.unwrap().unwrap();
+    assert_eq!(e.cursor.as_deref(), Some("call"));
+    assert_eq!(e.ctx, next.ctx);
+    let runs = s.step_runs("rs1").await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].state, StepState::Succeeded);
+    assert_eq!(runs[0].output, Some(json!({"result": true})));
+    assert_eq!(runs[0].end_us, Some(now + 2));
+
+    let call = NewStepRun {
+        step_id: "call".into(),
+        kind: StepKind::Call,
+        method: "m".into(),
+        input: Some(json!({"k": 2})),
+        ..instant.clone()
+    };
+    let seq = s
+        .start_step("rs1", "w-rs", &call, now + 3, 1_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seq, 2);
+    let done = Checkpoint {
+        state: ExecState::Succeeded,
+        cursor: None,
+        output: Some(json!({"sid": "S1"})),
+        ..next.clone()
+    };
+    let answer = ok(json!({"sid": "S1"}));
+    assert!(!s
+        .finish_step_checkpoint("rs1", "intruder", seq, &answer, &done, now + 4, 1_000_000)
+        .await
+        .unwrap());
+    let runs = s.step_runs("rs1").await.unwrap();
+    assert_eq!(
+        runs[1].state,
+        StepState::Running,
+        "nothing written without the lease"
+    );
+    assert!(s
+        .finish_step_checkpoint("rs1", "w-rs", seq, &answer, &done, now + 5, 1_000_000)
+        .await
+        .unwrap());
+    let e = s.get_execution("t-rs", "rs1").await.unwrap().unwrap();
+    assert_eq!(e.state, ExecState::Succeeded);
+    assert_eq!(e.output, Some(json!({"sid": "S1"})));
+    assert_eq!(e.end_us, Some(now + 5));
+    let runs = s.step_runs("rs1").await.unwrap();
+    assert_eq!(runs[1].state, StepState::Succeeded);
+    assert_eq!(runs[1].output, Some(json!({"sid": "S1"})));
+    // Finished: the lease is gone, so a late writer changes nothing.
+    assert!(!s
+        .finish_step_checkpoint(
+            "rs1",
+            "w-rs",
+            seq,
+            &ok(json!({})),
+            &done,
+            now + 6,
+            1_000_000
+        )
+        .await
+        .unwrap());
 }
 
 /// A worker died holding a tenant at its cap (or the platform at the global cap): its expired

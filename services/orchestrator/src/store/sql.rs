@@ -241,6 +241,82 @@ const EXEC_COLS: &str =
     "id, tenant, flow_id, version, state, trigger_json, client, input, output, error, \
     rerun_of, cursor, ctx, handling, ready_us, lease_owner, create_us, start_us, end_us, update_us";
 
+/// The columns a step boundary writes ($3–$12; $1 id, $2 worker), for [`bind_checkpoint`].
+macro_rules! checkpoint_set {
+    () => {
+        "state = $3, cursor = $4, ctx = $5, handling = $6, ready_us = $7, output = $8, error = $9, \
+         lease_owner = $10, end_us = CASE WHEN $11 = 1 THEN $12 ELSE end_us END, update_us = $12"
+    };
+}
+/// The compare-and-set on the lease: a worker that lost it writes nothing.
+macro_rules! lease_held {
+    () => {
+        "id = $1 AND lease_owner = $2 AND state = 'running'"
+    };
+}
+const CHECKPOINT: &str = concat!(
+    "UPDATE executions SET ",
+    checkpoint_set!(),
+    " WHERE ",
+    lease_held!()
+);
+/// A checkpoint that also takes the next step-run seq.
+const CHECKPOINT_NEXT_SEQ: &str = concat!(
+    "UPDATE executions SET next_seq = next_seq + 1, ",
+    checkpoint_set!(),
+    " WHERE ",
+    lease_held!(),
+    " RETURNING next_seq"
+);
+const FINISH_STEP: &str =
+    "UPDATE step_runs SET state = $3, output = $4, error = $5, resume_us = $6, \
+    end_us = CASE WHEN $3 = 'waiting' THEN NULL ELSE $7 END \
+    WHERE execution_id = $1 AND seq = $2 AND state IN ('running', 'waiting')";
+
+/// Binds `$1`–`$12` of [`CHECKPOINT`] and [`CHECKPOINT_NEXT_SEQ`].
+macro_rules! bind_checkpoint {
+    ($q:expr, $id:expr, $worker:expr, $cp:expr, $now:expr, $lease_us:expr) => {{
+        let cp: &Checkpoint = $cp;
+        let now: i64 = $now;
+        let ready = match cp.state {
+            ExecState::Waiting => cp.wake_us.unwrap_or(now),
+            ExecState::Running => now + $lease_us,
+            _ => now,
+        };
+        let owner = if cp.state == ExecState::Running {
+            $worker
+        } else {
+            ""
+        };
+        $q.bind($id)
+            .bind($worker)
+            .bind(cp.state.as_str())
+            .bind(cp.cursor.as_deref())
+            .bind(to_text(&cp.ctx))
+            .bind(i64::from(cp.handling))
+            .bind(ready)
+            .bind(cp.output.as_ref().map(to_text))
+            .bind(cp.error.as_ref().map(to_text))
+            .bind(owner)
+            .bind(i64::from(cp.state.is_finished()))
+            .bind(now)
+    }};
+}
+
+/// Binds `$1`–`$7` of [`FINISH_STEP`].
+macro_rules! bind_finish_step {
+    ($q:expr, $id:expr, $seq:expr, $end:expr, $now:expr) => {{
+        let end: &StepEnd = $end;
+        $q.bind($id)
+            .bind($seq)
+            .bind(end.state.as_str())
+            .bind(end.output.as_ref().map(to_text))
+            .bind(end.error.as_ref().map(to_text))
+            .bind(end.resume_us)
+            .bind($now)
+    }};
+}
+
 #[derive(Clone, Debug)]
 pub struct SqlStore {
     db: Db,
@@ -969,7 +1045,7 @@ impl OrchestratorStore for SqlStore {
         if max <= 0 {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = write_tx!(&self.db, |tx| {
+        let claimed: Vec<ExecutionRecord> = write_tx!(&self.db, |tx| {
             sqlx::query("UPDATE claim_lock SET n = n + 1 WHERE id = 1")
                 .execute(&mut *tx)
                 .await?;
@@ -1117,41 +1193,29 @@ impl OrchestratorStore for SqlStore {
                 }
                 chosen.push((c.id, c.state, c.ready_us));
             }
-            let mut ids = Vec::with_capacity(chosen.len());
+            // RETURNING hands back the claimed rows in the same statement: no read per claim.
+            let mut claimed = Vec::with_capacity(chosen.len());
             for (id, state, ready) in chosen {
-                let res = sqlx::query(
+                let row = sqlx::query(&format!(
                     "UPDATE executions SET state = 'running', lease_owner = $2, ready_us = $3, \
-                     start_us = COALESCE(start_us, $4), update_us = $4 WHERE id = $1 AND state = $5 AND ready_us = $6",
-                )
+                     start_us = COALESCE(start_us, $4), update_us = $4 WHERE id = $1 AND state = $5 AND ready_us = $6 \
+                     RETURNING {EXEC_COLS}"
+                ))
                 .bind(&id)
                 .bind(worker)
                 .bind(now + lease_us)
                 .bind(now)
                 .bind(&state)
                 .bind(ready)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
-                if res.rows_affected() == 1 {
-                    ids.push(id);
+                if let Some(r) = row {
+                    claimed.push(exec_row!(&r));
                 }
             }
-            ids
+            claimed
         });
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let row = on_db!(&self.db, |pool| {
-                match sqlx::query(&format!("SELECT {EXEC_COLS} FROM executions WHERE id = $1"))
-                    .bind(&id)
-                    .fetch_optional(pool)
-                    .await?
-                {
-                    Some(r) => Some(exec_row!(&r)),
-                    None => None,
-                }
-            });
-            out.extend(row);
-        }
-        Ok(out)
+        Ok(claimed)
     }
 
     async fn renew(&self, id: &str, worker: &str, now: i64, lease_us: i64) -> Result<bool> {
@@ -1175,38 +1239,11 @@ impl OrchestratorStore for SqlStore {
         now: i64,
         lease_us: i64,
     ) -> Result<bool> {
-        let finished = cp.state.is_finished();
-        let ready = match cp.state {
-            ExecState::Waiting => cp.wake_us.unwrap_or(now),
-            ExecState::Running => now + lease_us,
-            _ => now,
-        };
-        let owner = if cp.state == ExecState::Running {
-            worker
-        } else {
-            ""
-        };
         let n = on_db!(&self.db, |pool| {
-            sqlx::query(
-                "UPDATE executions SET state = $3, cursor = $4, ctx = $5, handling = $6, ready_us = $7, output = $8, error = $9, \
-                 lease_owner = $10, end_us = CASE WHEN $11 = 1 THEN $12 ELSE end_us END, update_us = $12 \
-                 WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-            )
-            .bind(id)
-            .bind(worker)
-            .bind(cp.state.as_str())
-            .bind(cp.cursor.as_deref())
-            .bind(to_text(&cp.ctx))
-            .bind(i64::from(cp.handling))
-            .bind(ready)
-            .bind(cp.output.as_ref().map(to_text))
-            .bind(cp.error.as_ref().map(to_text))
-            .bind(owner)
-            .bind(i64::from(finished))
-            .bind(now)
-            .execute(pool)
-            .await?
-            .rows_affected()
+            bind_checkpoint!(sqlx::query(CHECKPOINT), id, worker, cp, now, lease_us)
+                .execute(pool)
+                .await?
+                .rows_affected()
         });
         Ok(n == 1)
     }
@@ -1252,22 +1289,83 @@ impl OrchestratorStore for SqlStore {
 
     async fn finish_step(&self, id: &str, seq: i64, end: &StepEnd, now: i64) -> Result<()> {
         on_db!(&self.db, |pool| {
-            sqlx::query(
-                "UPDATE step_runs SET state = $3, output = $4, error = $5, resume_us = $6, \
-                 end_us = CASE WHEN $3 = 'waiting' THEN NULL ELSE $7 END \
-                 WHERE execution_id = $1 AND seq = $2 AND state IN ('running', 'waiting')",
-            )
-            .bind(id)
-            .bind(seq)
-            .bind(end.state.as_str())
-            .bind(end.output.as_ref().map(to_text))
-            .bind(end.error.as_ref().map(to_text))
-            .bind(end.resume_us)
-            .bind(now)
-            .execute(pool)
-            .await?;
+            bind_finish_step!(sqlx::query(FINISH_STEP), id, seq, end, now)
+                .execute(pool)
+                .await?;
         });
         Ok(())
+    }
+
+    async fn record_step(
+        &self,
+        id: &str,
+        worker: &str,
+        run: &NewStepRun,
+        end: &StepEnd,
+        cp: &Checkpoint,
+        now: i64,
+        lease_us: i64,
+    ) -> Result<Option<i64>> {
+        Ok(write_tx!(&self.db, |tx| {
+            // The lease-checked boundary first: when it matches no row, nothing else is written.
+            let seq: Option<i64> = bind_checkpoint!(
+                sqlx::query_scalar(CHECKPOINT_NEXT_SEQ),
+                id,
+                worker,
+                cp,
+                now,
+                lease_us
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(seq) = seq {
+                sqlx::query(
+                    "INSERT INTO step_runs (execution_id, seq, step_id, kind, attempt, state, iteration, method, input, \
+                     output, error, resume_us, start_us, end_us) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CASE WHEN $6 = 'waiting' THEN NULL ELSE $13 END)",
+                )
+                .bind(id)
+                .bind(seq)
+                .bind(&run.step_id)
+                .bind(run.kind.as_str())
+                .bind(run.attempt)
+                .bind(end.state.as_str())
+                .bind(iteration_text(&run.iteration))
+                .bind(&run.method)
+                .bind(run.input.as_ref().map(to_text))
+                .bind(end.output.as_ref().map(to_text))
+                .bind(end.error.as_ref().map(to_text))
+                .bind(end.resume_us)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            seq
+        }))
+    }
+
+    async fn finish_step_checkpoint(
+        &self,
+        id: &str,
+        worker: &str,
+        seq: i64,
+        end: &StepEnd,
+        cp: &Checkpoint,
+        now: i64,
+        lease_us: i64,
+    ) -> Result<bool> {
+        Ok(write_tx!(&self.db, |tx| {
+            let n = bind_checkpoint!(sqlx::query(CHECKPOINT), id, worker, cp, now, lease_us)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 1 {
+                bind_finish_step!(sqlx::query(FINISH_STEP), id, seq, end, now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            n == 1
+        }))
     }
 
     async fn get_limits(&self, tenant: &str) -> Result<Option<LimitsRecord>> {
