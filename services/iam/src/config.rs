@@ -75,6 +75,17 @@ pub struct OAuthAppConfig {
     pub revoke_url: String,
     /// Scopes asked for by default.
     pub scopes: Vec<String>,
+    /// GHL: `POST /oauth/locationToken`, which turns an agency (Company) token into a
+    /// location token; empty for the other providers.
+    #[serde(default)]
+    pub location_token_url: String,
+}
+
+impl OAuthAppConfig {
+    fn with_location_token_url(mut self, url: &str) -> Self {
+        self.location_token_url = url.into();
+        self
+    }
 }
 
 impl Default for ConnectionsConfig {
@@ -86,6 +97,7 @@ impl Default for ConnectionsConfig {
             token_url: token.into(),
             revoke_url: revoke.into(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            location_token_url: String::new(),
         };
         ConnectionsConfig {
             redirect_uri: "http://127.0.0.1:8080/v1/connections/oauth/callback".into(),
@@ -104,7 +116,8 @@ impl Default for ConnectionsConfig {
                     "calendars.readonly",
                     "calendars/events.write",
                 ],
-            ),
+            )
+            .with_location_token_url("https://services.leadconnectorhq.com/oauth/locationToken"),
             google: app(
                 "https://accounts.google.com/o/oauth2/v2/auth",
                 "https://oauth2.googleapis.com/token",

@@ -14,6 +14,10 @@
 //! the race uses the winner's token rather than spending a rotated refresh token again. A
 //! provider that refuses the grant (`invalid_grant`) moves the connection to
 //! NEEDS_REAUTHORIZATION with the reason, and the caller gets FAILED_PRECONDITION.
+//!
+//! A GHL agency install (`config.user_type = "Company"`) holds the agency's Company token and
+//! hands adapters a location token for the client's sub-account (`config.location_id`),
+//! exchanged with `POST /oauth/locationToken` and kept sealed beside it until it is due.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,7 +58,24 @@ pub struct Secrets {
     pub key_id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub webhook_secret: String,
+    /// GHL agency connections: the location token last exchanged, the location it is for and
+    /// when it expires.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub location_token: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub location_token_for: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub location_token_expires_at_us: i64,
 }
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// GHL's API version for `/oauth/locationToken`.
+const GHL_VERSION: &str = "2021-07-28";
+/// Scopes an agency token needs to exchange location tokens.
+const GHL_AGENCY_SCOPES: [&str; 2] = ["oauth.readonly", "oauth.write"];
 
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,6 +126,30 @@ impl Row {
 
     pub fn state(&self) -> State {
         State::try_from(self.state).unwrap_or(State::Unspecified)
+    }
+
+    /// A string setting of `config`, when set and not empty.
+    pub fn setting(&self, key: &str) -> Option<String> {
+        let config: serde_json::Value = serde_json::from_str(&self.config).ok()?;
+        config
+            .get(key)?
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    }
+
+    /// A GHL agency install: the stored token is the agency's, location tokens are derived.
+    pub fn is_ghl_agency(&self) -> bool {
+        self.provider() == Provider::Ghl && self.setting("user_type").as_deref() == Some("Company")
+    }
+
+    /// GHL's `user_type` for this connection's token calls.
+    fn ghl_user_type(&self) -> &'static str {
+        if self.is_ghl_agency() {
+            "Company"
+        } else {
+            "Location"
+        }
     }
 
     pub fn to_pb(&self) -> pb::Connection {
@@ -166,6 +211,9 @@ struct TokenAnswer {
     /// GHL: the agency, for company tokens.
     #[serde(default, rename = "companyId")]
     company_id: Option<String>,
+    /// GHL: the locations an agency install covers.
+    #[serde(default, rename = "approvedLocations")]
+    approved_locations: Vec<String>,
 }
 
 /// An OAuth error answer (`{"error":"invalid_grant","error_description":…}`).
@@ -445,8 +493,12 @@ impl Connections {
             .with_source(e)
         })?;
         let mut scopes = app.scopes.clone();
+        if row.is_ghl_agency() {
+            scopes.extend(GHL_AGENCY_SCOPES.map(String::from));
+        }
         scopes.extend(extra_scopes.iter().cloned());
-        scopes.dedup();
+        let mut seen = std::collections::HashSet::new();
+        scopes.retain(|s| seen.insert(s.clone()));
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("response_type", "code")
@@ -506,10 +558,10 @@ impl Connections {
             Provider::GoogleCalendar | Provider::MicrosoftCalendar => {
                 form.push(("code_verifier", verifier))
             }
-            Provider::Ghl => form.push(("user_type", "Location")),
+            Provider::Ghl => form.push(("user_type", row.ghl_user_type())),
             _ => {}
         }
-        let answer = match self.token_call(app, &form).await {
+        let answer = match self.token_call(&app.token_url, None, &form).await {
             Ok(a) => a,
             Err(TokenFailure::Refused(why)) => {
                 return Err(Error::new(
@@ -534,8 +586,22 @@ impl Connections {
         if let Some(scope) = &answer.scope {
             next.scopes = scope.replace(',', " ");
         }
-        if let Some(account) = answer.location_id.clone().or(answer.company_id.clone()) {
+        let account = if row.is_ghl_agency() {
+            answer.company_id.clone()
+        } else {
+            answer.location_id.clone().or(answer.company_id.clone())
+        };
+        if let Some(account) = account {
             next.external_account_id = account;
+        }
+        // An agency install of one sub-account names the client's location by itself.
+        if let ([only], None) = (
+            answer.approved_locations.as_slice(),
+            row.setting("location_id"),
+        ) {
+            if row.is_ghl_agency() {
+                next.config = with_setting(&row.config, "location_id", only);
+            }
         }
         next.state = State::Active as i32;
         next.last_error.clear();
@@ -548,21 +614,24 @@ impl Connections {
         })
     }
 
+    /// A form POST to a provider's token endpoint (with `bearer`: GHL's location tokens).
     async fn token_call(
         &self,
-        app: &OAuthAppConfig,
+        url: &str,
+        bearer: Option<&str>,
         form: &[(&str, &str)],
     ) -> std::result::Result<TokenAnswer, TokenFailure> {
-        let response = self
+        let mut request = self
             .http
-            .post(&app.token_url)
+            .post(url)
             .header("accept", "application/json")
-            .form(form)
-            .send()
-            .await
-            .map_err(|_| {
-                TokenFailure::Unavailable("the provider's token endpoint cannot be reached".into())
-            })?;
+            .form(form);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token).header("Version", GHL_VERSION);
+        }
+        let response = request.send().await.map_err(|_| {
+            TokenFailure::Unavailable("the provider's token endpoint cannot be reached".into())
+        })?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(|_| {
             TokenFailure::Unavailable("the provider's token answer was cut off".into())
@@ -640,18 +709,36 @@ impl Connections {
         } else {
             row
         };
-        let secrets = self.open(&row)?;
+        let (row, secrets) = if row.is_ghl_agency() {
+            self.location_token(row, min_remaining, force).await?
+        } else {
+            let secrets = self.open(&row)?;
+            (row, secrets)
+        };
         let config = serde_json::from_str(&row.config).unwrap_or(serde_json::Value::Null);
+        let (access_token, expires, account) = if row.is_ghl_agency() {
+            (
+                secrets.location_token,
+                Some(secrets.location_token_expires_at_us),
+                secrets.location_token_for,
+            )
+        } else {
+            (
+                secrets.access_token,
+                row.access_expires_at_us,
+                row.external_account_id.clone(),
+            )
+        };
         Ok(pb::ConnectionCredential {
             connection: row.name(),
             provider: row.provider,
             auth_method: row.auth_method,
-            access_token: secrets.access_token,
-            access_token_expire_time: row.access_expires_at_us.map(timestamp),
+            access_token,
+            access_token_expire_time: expires.map(timestamp),
             api_key: secrets.api_key,
             key_id: secrets.key_id,
             webhook_secret: secrets.webhook_secret,
-            external_account_id: row.external_account_id.clone(),
+            external_account_id: account,
             base_url: row.base_url.clone(),
             scopes: split_scopes(&row.scopes),
             config: crate::audit::json_to_struct(&config),
@@ -660,20 +747,107 @@ impl Connections {
 
     async fn refresh(&self, row: Row, force: bool, due: impl Fn(&Row) -> bool) -> Result<Row> {
         let name = row.name();
+        self.one_at_a_time(&name, self.refresh_leased(row, force, due))
+            .await
+    }
+
+    /// Runs `work` while no other token work on connection `name` runs in this process.
+    async fn one_at_a_time<T>(&self, name: &str, work: impl std::future::Future<Output = T>) -> T {
         let lock = {
             let mut map = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(name.clone()).or_default().clone()
+            map.entry(name.to_owned()).or_default().clone()
         };
         let result = {
             let _held = lock.lock().await;
-            self.refresh_leased(row, force, due).await
+            work.await
         };
         let mut map = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
         // The map and this call are the only holders: nobody waits behind it.
-        if map.get(&name).is_some_and(|l| Arc::strong_count(l) <= 2) {
-            map.remove(&name);
+        if map.get(name).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            map.remove(name);
         }
         result
+    }
+
+    /// A GHL agency connection's location token for `config.location_id`, exchanged for the
+    /// agency token when the kept one is for another location, due within `min_remaining`,
+    /// or `force`d (the provider refused it). Location tokens can be minted again at any time,
+    /// so replicas need no lease here; one process mints once.
+    async fn location_token(
+        &self,
+        row: Row,
+        min_remaining: Duration,
+        force: bool,
+    ) -> Result<(Row, Secrets)> {
+        let name = row.name();
+        let Some(location) = row.setting("location_id") else {
+            return Err(Error::new(
+                ErrorKind::PreconditionFailed,
+                format!(
+                    "connection {name} is a GHL agency install: set config.location_id to the client's sub-account"
+                ),
+            ));
+        };
+        let usable = |s: &Secrets| {
+            s.location_token_for == location
+                && !s.location_token.is_empty()
+                && s.location_token_expires_at_us > now_micros() + min_remaining.as_micros() as i64
+        };
+        let secrets = self.open(&row)?;
+        if !force && usable(&secrets) {
+            return Ok((row, secrets));
+        }
+        let seen = row.revision;
+        self.one_at_a_time(&name, async {
+            // Another task may have minted while this one waited.
+            let row = self
+                .get(&row.tenant_id, &row.client_id, &row.id)
+                .await?
+                .ok_or_else(|| Error::not_found(&name))?;
+            let secrets = self.open(&row)?;
+            if usable(&secrets) && (!force || row.revision != seen) {
+                return Ok((row, secrets));
+            }
+            let app = self
+                .app(Provider::Ghl)
+                .filter(|a| !a.location_token_url.is_empty())
+                .ok_or_else(|| not_configured(Provider::Ghl))?;
+            let form = [
+                ("companyId", row.external_account_id.as_str()),
+                ("locationId", location.as_str()),
+            ];
+            let answer = match self
+                .token_call(&app.location_token_url, Some(&secrets.access_token), &form)
+                .await
+            {
+                Ok(answer) => answer,
+                Err(TokenFailure::Refused(why)) => {
+                    return Err(Error::new(
+                        ErrorKind::PreconditionFailed,
+                        format!(
+                            "GHL refused a location token for {location} to connection {name}: {why}"
+                        ),
+                    ))
+                }
+                Err(TokenFailure::Unavailable(why)) => {
+                    return Err(Error::new(ErrorKind::Unavailable, why))
+                }
+            };
+            let minted = Secrets {
+                location_token: answer.access_token,
+                location_token_for: location.clone(),
+                location_token_expires_at_us: now_micros()
+                    + answer.expires_in.unwrap_or(0).saturating_mul(1_000_000),
+                ..secrets
+            };
+            let mut next = row.clone();
+            next.sealed = self.seal(&name, &minted)?;
+            tracing::info!(connection = %name, location = %location, "GHL location token exchanged");
+            // A concurrent change (a refresh elsewhere) wins the row; this token still works.
+            let row = self.save(&next).await?.unwrap_or(row);
+            Ok((row, minted))
+        })
+        .await
     }
 
     /// Takes the connection's refresh lease (one replica at a time spends a refresh token),
@@ -714,9 +888,9 @@ impl Connections {
             ("client_secret", app.client_secret.expose_secret()),
         ];
         if provider == Provider::Ghl {
-            form.push(("user_type", "Location"));
+            form.push(("user_type", current.ghl_user_type()));
         }
-        match self.token_call(app, &form).await {
+        match self.token_call(&app.token_url, None, &form).await {
             Ok(answer) => {
                 let mut next = current.clone();
                 let rotated = Secrets {
@@ -924,6 +1098,16 @@ fn pkce(q: &mut url::form_urlencoded::Serializer<'_, url::UrlQuery<'_>>, verifie
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     q.append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
+}
+
+/// `config` (a JSON object) with `key` set to `value`.
+pub fn with_setting(config: &str, key: &str, value: &str) -> String {
+    let mut object = match serde_json::from_str(config) {
+        Ok(serde_json::Value::Object(o)) => o,
+        _ => serde_json::Map::new(),
+    };
+    object.insert(key.to_owned(), serde_json::Value::String(value.to_owned()));
+    serde_json::Value::Object(object).to_string()
 }
 
 fn not_configured(provider: Provider) -> Error {

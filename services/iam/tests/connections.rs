@@ -56,6 +56,22 @@ impl Server {
         ConnectionServiceClient::new(authed(&self.running.url(), &self.iam.token(subject)).await)
     }
 
+    /// The provider's redirect arriving at our callback (a public route: no credential).
+    async fn complete(
+        &self,
+        callback: &std::collections::HashMap<String, String>,
+    ) -> Result<tonic::Response<pb::CompleteConnectionOAuthResponse>, tonic::Status> {
+        ConnectionServiceClient::connect(self.running.url())
+            .await
+            .expect("connect")
+            .complete_connection_o_auth(pb::CompleteConnectionOAuthRequest {
+                code: callback["code"].clone(),
+                state: callback["state"].clone(),
+                ..Default::default()
+            })
+            .await
+    }
+
     async fn credentials(
         &self,
         subject: &str,
@@ -593,16 +609,7 @@ async fn replicas_refreshing_at_once_spend_the_rotating_refresh_token_once() {
             .expect("start")
             .into_inner();
         let callback = authorize(&started.authorization_url).await;
-        ConnectionServiceClient::connect(one.running.url())
-            .await
-            .expect("connect")
-            .complete_connection_o_auth(pb::CompleteConnectionOAuthRequest {
-                code: callback["code"].clone(),
-                state: callback["state"].clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("complete");
+        one.complete(&callback).await.expect("complete");
         let name = "tenants/acme/clients/dental/connections/crm";
         for round in 0..4 {
             let (mut a, mut b) = (one.credentials(MESH).await, two.credentials(MESH).await);
@@ -679,14 +686,8 @@ async fn microsoft_calendar_connects_and_keeps_the_rotated_refresh_token() {
             .into_inner();
         assert!(started.authorization_url.contains("code_challenge="));
         let callback = authorize(&started.authorization_url).await;
-        let done = ConnectionServiceClient::connect(s.running.url())
-            .await
-            .expect("connect")
-            .complete_connection_o_auth(pb::CompleteConnectionOAuthRequest {
-                code: callback["code"].clone(),
-                state: callback["state"].clone(),
-                ..Default::default()
-            })
+        let done = s
+            .complete(&callback)
             .await
             .expect("complete (PKCE verifier sent)")
             .into_inner();
@@ -783,4 +784,193 @@ async fn api_keys_are_tried_against_the_provider_before_they_are_stored() {
     api.create_connection(create(Provider::Openrouter, "llm", TEST_API_KEY, ""))
         .await
         .expect("a good OpenRouter key");
+}
+
+/// A GHL agency (Company) install: the stored token is the agency's, and every credential is a
+/// location token for the client's sub-account, exchanged once and reused until it is due.
+#[tokio::test]
+async fn a_ghl_agency_install_hands_out_location_tokens_for_the_clients_sub_account() {
+    use maxai_fakes::ghl::{FakeGhl, FakeGhlConfig};
+    const GHL_APP: (&str, &str) = ("65f0c0ffee0000000000fa4e-agency", "ghl-app-secret");
+    for backend in backends().await {
+        let ghl = FakeGhl::start(FakeGhlConfig::default()).await;
+        ghl.add_client(GHL_APP.0, GHL_APP.1, &[CALLBACK]);
+        ghl.add_location("loc-north", "agency-co", "North Dental");
+        ghl.add_location("loc-south", "agency-co", "South Dental");
+        let mut config = iam_config();
+        let app = &mut config.connections.ghl;
+        app.client_id = GHL_APP.0.into();
+        app.client_secret = SecretString::from(GHL_APP.1.to_owned());
+        app.authorize_url = ghl.authorize_url();
+        app.token_url = format!("{}/oauth/token", ghl.base_url());
+        app.location_token_url = format!("{}/oauth/locationToken", ghl.base_url());
+        config.connections.redirect_uri = CALLBACK.into();
+        let s = serve(&backend, config).await;
+        s.tenant_with_client("acme", "dental").await;
+        let admin = "tenants/acme/users/ann";
+        maxai_iam::ensure_grant(&s.storage, admin, "roles/tenant-admin", None)
+            .await
+            .expect("grant");
+        let settings = |pairs: &[(&str, &str)]| {
+            maxai_kit::structs::json_to_struct(&serde_json::Value::Object(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+                    .collect(),
+            ))
+        };
+        let start = |id: &str, config| pb::StartConnectionOAuthRequest {
+            parent: "tenants/acme/clients/dental".into(),
+            provider: Provider::Ghl as i32,
+            connection_id: id.into(),
+            config,
+            ..Default::default()
+        };
+
+        // A user_type GHL does not know is refused before anything is stored.
+        let refused = s
+            .connections(admin)
+            .await
+            .start_connection_o_auth(start("bad", settings(&[("user_type", "Agency")])))
+            .await
+            .expect_err("unknown user_type");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        // The field violation names the setting (google.rpc.BadRequest in the details).
+        assert!(
+            String::from_utf8_lossy(refused.details()).contains("config.user_type"),
+            "{refused:?}"
+        );
+
+        let started = s
+            .connections(admin)
+            .await
+            .start_connection_o_auth(start(
+                "agency",
+                settings(&[("user_type", "Company"), ("location_id", "loc-south")]),
+            ))
+            .await
+            .expect("start")
+            .into_inner();
+        assert!(
+            started.authorization_url.contains("oauth.write"),
+            "an agency token needs oauth.write to exchange location tokens: {}",
+            started.authorization_url
+        );
+        let callback = authorize(&started.authorization_url).await;
+        let done = s
+            .complete(&callback)
+            .await
+            .expect("complete")
+            .into_inner()
+            .connection
+            .expect("connection");
+        assert_eq!(done.state, State::Active as i32);
+        assert_eq!(done.external_account_id, "agency-co");
+        let exchange = ghl.requests_to("POST", "/oauth/token");
+        assert_eq!(exchange[0].form()["user_type"], "Company");
+
+        let name = "tenants/acme/clients/dental/connections/agency";
+        let mut creds = s.credentials(MESH).await;
+        let get = |force: bool| pb::GetConnectionCredentialRequest {
+            name: name.into(),
+            min_remaining: None,
+            force_refresh: force,
+        };
+        let first = creds
+            .get_connection_credential(get(false))
+            .await
+            .expect("credential")
+            .into_inner()
+            .credential
+            .expect("c");
+        assert_eq!(first.external_account_id, "loc-south");
+        let minted = ghl.requests_to("POST", "/oauth/locationToken");
+        assert_eq!(minted.len(), 1);
+        let form = minted[0].form();
+        assert_eq!(
+            (form["companyId"].as_str(), form["locationId"].as_str()),
+            ("agency-co", "loc-south")
+        );
+        assert!(minted[0].header("version").is_some_and(|v| !v.is_empty()));
+        // The token is a location token of loc-south: it creates contacts there, not elsewhere.
+        let http = reqwest::Client::new();
+        let create = |location: &str| {
+            http.post(format!("{}/contacts/", ghl.base_url()))
+                .bearer_auth(&first.access_token)
+                .header("Version", "2021-07-28")
+                .json(&serde_json::json!({"locationId": location, "firstName": "Ann"}))
+                .send()
+        };
+        assert_eq!(create("loc-south").await.expect("create").status(), 201);
+        assert_eq!(ghl.contacts_of("loc-south").len(), 1);
+        assert!(!create("loc-north")
+            .await
+            .expect("create elsewhere")
+            .status()
+            .is_success());
+        assert!(ghl.contacts_of("loc-north").is_empty());
+
+        // Kept and reused; a forced refresh (the provider refused it) mints a new one.
+        let again = creds
+            .get_connection_credential(get(false))
+            .await
+            .expect("again")
+            .into_inner()
+            .credential
+            .expect("c");
+        assert_eq!(again.access_token, first.access_token);
+        assert_eq!(ghl.requests_to("POST", "/oauth/locationToken").len(), 1);
+        let forced = creds
+            .get_connection_credential(get(true))
+            .await
+            .expect("forced")
+            .into_inner()
+            .credential
+            .expect("c");
+        assert_ne!(forced.access_token, first.access_token);
+        assert_eq!(ghl.requests_to("POST", "/oauth/locationToken").len(), 2);
+        let stored = s.stored_text().await;
+        for token in ghl.issued_access_tokens() {
+            assert!(!stored.contains(&token), "a GHL token is stored in clear");
+        }
+
+        // Once authorized, the install kind is fixed.
+        let update = s
+            .connections(admin)
+            .await
+            .update_connection(pb::UpdateConnectionRequest {
+                connection: Some(pb::Connection {
+                    name: name.into(),
+                    config: settings(&[("user_type", "Location")]),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["config".into()],
+                }),
+            })
+            .await
+            .expect_err("user_type is fixed");
+        assert_eq!(update.code(), Code::InvalidArgument);
+
+        // An agency install of several locations without location_id cannot hand out tokens.
+        let started = s
+            .connections(admin)
+            .await
+            .start_connection_o_auth(start("unbound", settings(&[("user_type", "Company")])))
+            .await
+            .expect("start")
+            .into_inner();
+        let callback = authorize(&started.authorization_url).await;
+        s.complete(&callback).await.expect("complete");
+        let unbound = creds
+            .get_connection_credential(pb::GetConnectionCredentialRequest {
+                name: "tenants/acme/clients/dental/connections/unbound".into(),
+                min_remaining: None,
+                force_refresh: false,
+            })
+            .await
+            .expect_err("no location");
+        assert_eq!(unbound.code(), Code::FailedPrecondition);
+        assert!(unbound.message().contains("location_id"), "{unbound:?}");
+    }
 }

@@ -123,6 +123,7 @@ pub async fn start(config: &mut PlatformConfig) -> anyhow::Result<Sandbox> {
         format!("{}/oauth/token", ghl.base_url()),
         String::new(),
     );
+    apps.ghl.location_token_url = format!("{}/oauth/locationToken", ghl.base_url());
     app(
         &mut apps.google,
         GOOGLE_CLIENT,

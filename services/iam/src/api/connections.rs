@@ -133,6 +133,25 @@ fn config_json(config: Option<&prost_types::Struct>) -> String {
         .to_string()
 }
 
+/// GHL's `user_type`: how the connection authorizes (agency or one sub-account).
+fn check_ghl_config(provider: Provider, config: &str, field: &str, v: &mut Violations) {
+    let value: serde_json::Value = serde_json::from_str(config).unwrap_or_default();
+    if provider != Provider::Ghl {
+        return;
+    }
+    match value.get("user_type") {
+        None => {}
+        Some(serde_json::Value::String(t)) if t == "Company" || t == "Location" => {}
+        Some(_) => v.add(
+            format!("{field}.user_type"),
+            "must be \"Company\" (agency install) or \"Location\"",
+        ),
+    }
+    if value.get("location_id").is_some_and(|l| !l.is_string()) {
+        v.add(format!("{field}.location_id"), "must be a GHL location id");
+    }
+}
+
 fn check_base_url(url: &str, v: &mut Violations) {
     if !url.is_empty()
         && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
@@ -185,7 +204,9 @@ impl ConnectionService for ConnectionsApi {
             scopes,
             return_to,
             request_id: rid,
+            config,
         } = request.into_inner();
+        let config = config_json(config.as_ref());
         let provider = Provider::try_from(provider).unwrap_or(Provider::Unspecified);
         let mut v = Violations::new();
         if method_of(provider) != Method::Oauth {
@@ -203,6 +224,7 @@ impl ConnectionService for ConnectionsApi {
         if !return_to.is_empty() && !allowed.iter().any(|a| same_origin_under(&return_to, a)) {
             v.add("return_to", "is not on this platform's allowlist");
         }
+        check_ghl_config(provider, &config, "config", &mut v);
         let rid = request_id(&rid)?.map(str::to_owned);
         v.into_result()?;
         let (t, c) = self.client(&parent).await?;
@@ -238,6 +260,7 @@ impl ConnectionService for ConnectionsApi {
             let mut row = blank_row(&t, &c, &id, provider, &caller.actor);
             row.display_name = display_name;
             row.request_id = rid;
+            row.config = config;
             let row = self.connections.insert(&row).await?;
             self.changed(
                 &caller,
@@ -476,6 +499,17 @@ impl ConnectionService for ConnectionsApi {
                 _ => {}
             }
         }
+        let mut v = Violations::new();
+        check_ghl_config(row.provider(), &next.config, "connection.config", &mut v);
+        // The stored token is an agency's or a location's: that cannot change afterwards.
+        if row.state() != State::PendingAuthorization && next.is_ghl_agency() != row.is_ghl_agency()
+        {
+            v.add(
+                "connection.config.user_type",
+                "is fixed once authorized; connect again to change it",
+            );
+        }
+        v.into_result()?;
         let saved =
             self.connections.save(&next).await?.ok_or_else(|| {
                 Error::new(ErrorKind::Conflict, "the connection changed meanwhile")
