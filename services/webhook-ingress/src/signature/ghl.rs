@@ -13,8 +13,10 @@
 //! Ed25519 key is configured; otherwise `x-wh-signature`. When the new header is used its
 //! result is final: a failing `x-ghl-signature` does not fall back to the legacy header.
 //!
-//! The signatures carry no timestamp. Replay protection (the body's `timestamp` within a few
-//! minutes, dedupe on `webhookId`) belongs to body validation, after this step.
+//! The signatures carry no timestamp, but the signed body does: a body whose top-level
+//! `timestamp` (ISO 8601) is more than [`REPLAY_WINDOW`] away from our clock is refused as a
+//! replay (GHL's docs suggest 5 minutes). A body without one (whether every event carries it
+//! is UNCONFIRMED) is not refused for that; dedupe on `webhookId` happens at storage.
 
 use ed25519_dalek::pkcs8::DecodePublicKey as _;
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -26,6 +28,9 @@ use sha2::Sha256;
 use super::{
     decode_base64, decode_config_base64, rsa_sha256_verifier, Inbound, KeyError, Rejection,
 };
+
+/// How far a signed body's `timestamp` may be from our clock, either way.
+pub const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The Ed25519 signature header.
 pub const SIGNATURE_HEADER: &str = "x-ghl-signature";
@@ -158,7 +163,7 @@ pub fn verify(
     }
     let current = inbound.header(SIGNATURE_HEADER)?;
     let legacy = inbound.header(LEGACY_SIGNATURE_HEADER)?;
-    match (current, legacy) {
+    let verified = match (current, legacy) {
         (Some(signature), _) if !ed25519_keys.is_empty() => {
             verify_ed25519(inbound.body, signature, ed25519_keys)
         }
@@ -168,7 +173,35 @@ pub fn verify(
         (None, None) => Err(Rejection::MissingHeader(SIGNATURE_HEADER)),
         // A signature is present, but only for a scheme with no key configured.
         _ => Err(Rejection::NotConfigured),
+    }?;
+    check_body_time(inbound)?;
+    Ok(verified)
+}
+
+/// The replay window over the signed body's `timestamp`, when it has a readable one.
+fn check_body_time(inbound: &Inbound<'_>) -> Result<(), Rejection> {
+    #[derive(serde::Deserialize)]
+    struct Stamped {
+        #[serde(default)]
+        timestamp: Option<serde_json::Value>,
     }
+    // Not JSON or no timestamp: schema validation judges the body later.
+    let Ok(Stamped {
+        timestamp: Some(serde_json::Value::String(at)),
+    }) = serde_json::from_slice(inbound.body)
+    else {
+        return Ok(());
+    };
+    let Ok(at) = chrono::DateTime::parse_from_rfc3339(&at) else {
+        return Ok(());
+    };
+    let signed_at = std::time::Duration::from_millis(at.timestamp_millis().max(0) as u64);
+    super::check_window(
+        inbound.since_epoch(),
+        signed_at,
+        REPLAY_WINDOW,
+        REPLAY_WINDOW,
+    )
 }
 
 fn verify_ed25519(
@@ -370,6 +403,41 @@ PbNpijJ5OyPPq9lzeKvOtMF/1KbzP02NzpyOGd36nrcyKoUXN7B5jKP7Gql7tmDy
             &[],
         );
         assert_eq!(result, Err(Rejection::BadSignature));
+    }
+
+    #[test]
+    fn a_signed_body_outside_the_replay_window_is_refused() {
+        let map = headers(&[(SIGNATURE_HEADER, CONTACT_CREATE_ED25519)]);
+        let at = |now: u64| {
+            verify(
+                &Inbound {
+                    body: CONTACT_CREATE.as_bytes(),
+                    headers: &map,
+                    url: "https://hooks.example.com/ghl",
+                    now: unix_secs(now),
+                },
+                &[rfc_key()],
+                &[],
+            )
+        };
+        // The vector's timestamp is 2025-01-28T14:35:00Z = 1_738_074_900.
+        assert!(at(1_738_074_900 + 300).is_ok());
+        assert!(at(1_738_074_900 - 300).is_ok());
+        assert_eq!(at(1_738_074_900 + 301), Err(Rejection::Expired));
+        assert_eq!(at(1_738_074_900 - 301), Err(Rejection::FromTheFuture));
+        // A signed body without a timestamp has no window to miss.
+        let signing =
+            SigningKey::from_bytes(&hex::decode(RFC8032_SECRET).unwrap().try_into().unwrap());
+        let plain = r#"{"type":"ContactCreate","locationId":"loc_123","id":"contact_123"}"#;
+        let signature = b64(&signing.sign(plain.as_bytes()).to_bytes());
+        let map = headers(&[(SIGNATURE_HEADER, &signature)]);
+        let inbound = Inbound {
+            body: plain.as_bytes(),
+            headers: &map,
+            url: "https://hooks.example.com/ghl",
+            now: unix_secs(4_000_000_000),
+        };
+        assert!(verify(&inbound, &[rfc_key()], &[]).is_ok());
     }
 
     #[test]
