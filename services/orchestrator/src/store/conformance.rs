@@ -648,6 +648,15 @@ async fn executions_and_leases(s: &dyn OrchestratorStore) {
         .checkpoint("e1", "w2", &cp, now + 5_001, 1_000)
         .await
         .unwrap());
+    // More than half of the lease left: its expiry stays as claimed (so the row's indexes do
+    // not change); less than half: the boundary renews it.
+    let expiry = || async { s.get_execution("t3", "e1").await.unwrap().unwrap().ready_us };
+    assert_eq!(expiry().await, now + 6_000);
+    assert!(s
+        .checkpoint("e1", "w2", &cp, now + 5_600, 1_000)
+        .await
+        .unwrap());
+    assert_eq!(expiry().await, now + 6_600);
     assert_eq!(
         s.start_step("e1", "w2", &run, now + 5_002, 1_000)
             .await

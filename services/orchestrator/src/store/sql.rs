@@ -241,11 +241,16 @@ const EXEC_COLS: &str =
     "id, tenant, flow_id, version, state, trigger_json, client, input, output, error, \
     rerun_of, cursor, ctx, handling, ready_us, lease_owner, create_us, start_us, end_us, update_us";
 
-/// The columns a step boundary writes ($3–$12; $1 id, $2 worker), for [`bind_checkpoint`].
+/// The columns a step boundary writes ($3–$13; $1 id, $2 worker), for [`bind_checkpoint`].
+/// A running execution keeps its lease expiry while more than half of it ($13) is left: an
+/// unchanged `ready_us` leaves every index of the row as it is, so PostgreSQL can update the
+/// row in place (HOT) instead of adding an entry to each of its indexes per step.
 macro_rules! checkpoint_set {
     () => {
-        "state = $3, cursor = $4, ctx = $5, handling = $6, ready_us = $7, output = $8, error = $9, \
-         lease_owner = $10, end_us = CASE WHEN $11 = 1 THEN $12 ELSE end_us END, update_us = $12"
+        "state = $3, cursor = $4, ctx = $5, handling = $6, \
+         ready_us = CASE WHEN $3 = 'running' AND ready_us - $12 > $13 THEN ready_us ELSE $7 END, \
+         output = $8, error = $9, lease_owner = $10, \
+         end_us = CASE WHEN $11 = 1 THEN $12 ELSE end_us END, update_us = $12"
     };
 }
 /// The compare-and-set on the lease: a worker that lost it writes nothing.
@@ -273,7 +278,7 @@ const FINISH_STEP: &str =
     end_us = CASE WHEN $3 = 'waiting' THEN NULL ELSE $7 END \
     WHERE execution_id = $1 AND seq = $2 AND state IN ('running', 'waiting')";
 
-/// Binds `$1`–`$12` of [`CHECKPOINT`] and [`CHECKPOINT_NEXT_SEQ`].
+/// Binds `$1`–`$13` of [`CHECKPOINT`] and [`CHECKPOINT_NEXT_SEQ`].
 macro_rules! bind_checkpoint {
     ($q:expr, $id:expr, $worker:expr, $cp:expr, $now:expr, $lease_us:expr) => {{
         let cp: &Checkpoint = $cp;
@@ -300,6 +305,7 @@ macro_rules! bind_checkpoint {
             .bind(owner)
             .bind(i64::from(cp.state.is_finished()))
             .bind(now)
+            .bind($lease_us / 2)
     }};
 }
 
@@ -1258,12 +1264,15 @@ impl OrchestratorStore for SqlStore {
     ) -> Result<Option<i64>> {
         Ok(write_tx!(&self.db, |tx| {
             let seq: Option<i64> = sqlx::query_scalar(
-                "UPDATE executions SET next_seq = next_seq + 1, ready_us = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'running' \
-                 RETURNING next_seq",
+                "UPDATE executions SET next_seq = next_seq + 1, \
+                 ready_us = CASE WHEN ready_us - $4 > $5 THEN ready_us ELSE $3 END \
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'running' RETURNING next_seq",
             )
             .bind(id)
             .bind(worker)
             .bind(now + lease_us)
+            .bind(now)
+            .bind(lease_us / 2)
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(seq) = seq {

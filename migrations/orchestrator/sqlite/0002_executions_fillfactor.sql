@@ -1,0 +1,3 @@
+-- PostgreSQL's fillfactor has no SQLite counterpart; this keeps the two dialects' migration
+-- lists the same.
+SELECT 1;
