@@ -192,6 +192,10 @@ macro_rules! step_row {
     }};
 }
 
+/// How far below its pending cap a tenant's event is consumed without the tenant lock; more
+/// than the executions any realistic set of concurrent transactions can add.
+const UNLOCKED_PENDING_MARGIN: i64 = 1_024;
+
 /// Serializes, per tenant, the transactions that count and create executions (held to commit).
 macro_rules! lock_tenant {
     ($tx:expr, $tenant:expr) => {{
@@ -1451,8 +1455,9 @@ impl OrchestratorStore for SqlStore {
         max_pending: i64,
         now: i64,
     ) -> Result<Option<Vec<String>>> {
+        const COUNT_PENDING: &str =
+            "SELECT COUNT(*) FROM executions WHERE tenant = $1 AND state = 'pending'";
         Ok(write_tx!(&self.db, |tx| {
-            lock_tenant!(tx, tenant);
             let res = sqlx::query(
                 "INSERT INTO consumed_events (tenant, source, event_id, consumed_us) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             )
@@ -1465,12 +1470,24 @@ impl OrchestratorStore for SqlStore {
             if res.rows_affected() == 0 {
                 None
             } else {
-                let mut pending: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM executions WHERE tenant = $1 AND state = 'pending'",
-                )
-                .bind(tenant)
-                .fetch_one(&mut *tx)
-                .await?;
+                let mut pending: i64 = sqlx::query_scalar(COUNT_PENDING)
+                    .bind(tenant)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                // Far below the pending cap the count needs no lock: the transactions racing
+                // this one (at most one per pooled connection, each adding one event's
+                // executions) cannot carry the tenant past the cap from there. Near the cap the
+                // tenant's lock serializes them so that the count is exact; taking it always
+                // would put every event of a tenant through one commit at a time.
+                let near_cap = max_pending > 0
+                    && pending + executions.len() as i64 + UNLOCKED_PENDING_MARGIN > max_pending;
+                if near_cap {
+                    lock_tenant!(tx, tenant);
+                    pending = sqlx::query_scalar(COUNT_PENDING)
+                        .bind(tenant)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                }
                 let mut started = Vec::new();
                 for n in executions {
                     if max_pending > 0 && pending >= max_pending {
