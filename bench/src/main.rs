@@ -78,15 +78,19 @@ struct Args {
     load: Load,
     rounds: usize,
     maxai: Option<PathBuf>,
+    /// Only the measurements whose name contains this; no table is written.
+    only: Option<String>,
 }
 
 const USAGE: &str =
-    "usage: maxai-bench [--out DIR] [--secs N] [--warmup N] [--rounds N] [--maxai PATH]
+    "usage: maxai-bench [--out DIR] [--secs N] [--warmup N] [--rounds N] [--maxai PATH] [--only TEXT]
   --out DIR     where latest.json and a timestamped copy go (default bench/results)
   --secs N      measured seconds per measurement and round (default 4, at most 60)
   --warmup N    uncounted seconds before each (default 1, at most 30)
   --rounds N    rounds; each runs every measurement once, interleaved (default 3, at most 10)
-  --maxai PATH  the maxai binary to start (default: built next to this executable)";
+  --maxai PATH  the maxai binary to start (default: built next to this executable)
+  --only TEXT   run only the measurements whose name contains TEXT and print their figures
+                (to profile one path); nothing is written";
 
 fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut args = Args {
@@ -97,6 +101,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         },
         rounds: 3,
         maxai: None,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -118,6 +123,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
             "--warmup" => args.load.warmup = Duration::from_secs(number(30)?),
             "--rounds" => args.rounds = number(10)? as usize,
             "--maxai" => args.maxai = Some(PathBuf::from(&value)),
+            "--only" => args.only = Some(value.clone()),
             _ => anyhow::bail!("unknown argument {flag}\n{USAGE}"),
         }
     }
@@ -162,6 +168,8 @@ fn progress(what: &str) {
 /// One load measurement against a server that is already running.
 enum Case {
     Http(SocketAddr, HttpTarget),
+    /// HTTP over this many connections.
+    HttpAt(SocketAddr, HttpTarget, usize),
     Echo(SocketAddr),
     /// The echo with this many calls in flight.
     EchoAt(SocketAddr, usize),
@@ -181,6 +189,7 @@ impl Case {
     async fn measure(&self, load: Load) -> anyhow::Result<Stats> {
         match self {
             Case::Http(addr, t) => load::http_load(load, *addr, HTTP_CONNECTIONS, t.clone()).await,
+            Case::HttpAt(addr, t, n) => load::http_load(load, *addr, *n, t.clone()).await,
             Case::Echo(addr) => {
                 baseline::load_echo(load, *addr, GRPC_IN_FLIGHT, GRPC_CHANNELS).await
             }
@@ -343,6 +352,10 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
             "port GetMessageStatus",
             Case::Port(port.clone(), token.clone(), GRPC_IN_FLIGHT),
         ),
+        ("fake Twilio fetch, light load", {
+            let (addr, target) = port.fake_fetch()?;
+            Case::HttpAt(addr, target, LIGHT_IN_FLIGHT)
+        }),
     ];
     const HOOK_SQLITE: &str = "webhook ingest, SQLite";
     const HOOK_PG: &str = "webhook ingest, PostgreSQL";
@@ -374,6 +387,20 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
     // A webhook case that cannot run (PostgreSQL went away) fails its row, not the bench.
     let mut hook_rounds: Vec<Result<Vec<Stats>, String>> =
         hook_cases.iter().map(|_| Ok(Vec::new())).collect();
+    if let Some(only) = &args.only {
+        for (name, case) in cases.iter().chain(&hook_cases) {
+            if name.contains(only.as_str()) {
+                let s = case.measure(load).await.with_context(|| name.to_string())?;
+                println!(
+                    "{name}: {:.1}/s, p50 {:.3} ms, p99 {:.3} ms",
+                    s.rate(),
+                    s.p50_ms,
+                    s.p99_ms
+                );
+            }
+        }
+        return Ok(());
+    }
     for round in 1..=args.rounds {
         for ((name, case), out) in cases.iter().zip(&mut rounds) {
             progress(&format!("round {round}/{}: {name}", args.rounds));
@@ -394,7 +421,7 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
             }
         }
     }
-    let [hello_s, echo_s, proxy_s, batch_s, gateway_s, authorize_s, authorize_light_s, issue_s, echo_light_s, port_light_s, port_s] =
+    let [hello_s, echo_s, proxy_s, batch_s, gateway_s, authorize_s, authorize_light_s, issue_s, echo_light_s, port_light_s, port_s, fetch_light_s] =
         rounds.map(Stats::combine);
     let mut hook_stats: std::collections::HashMap<&str, Result<Stats, String>> = hook_cases
         .iter()
@@ -601,6 +628,19 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
             port_light_s.p50_ms,
             echo_light_s.p50_ms,
         )),
+    );
+    rows.push(
+        Row::new("fake Twilio fetch alone (HTTP/1.1), light load", "req/s")
+            .load(&fetch_light_s, 1.0)
+            .baseline("tonic echo, light load", Some(echo_light_s.rate()))
+            .note(&format!(
+                "the HTTP hop inside the port call above, measured alone: GET Messages/{{sid}}.json \
+                 with Basic auth over {LIGHT_IN_FLIGHT} keep-alive connections (the bench's hyper \
+                 client, not reqwest); p50 {:.2}× the echo's; so the port call's p50 is \
+                 echo + this hop + {:.3} ms of guard, adapter and mapping work",
+                fetch_light_s.p50_ms / echo_light_s.p50_ms.max(f64::MIN_POSITIVE),
+                port_light_s.p50_ms - echo_light_s.p50_ms - fetch_light_s.p50_ms,
+            )),
     );
     rows.push(
         Row::new("port GetMessageStatus via Twilio adapter", "RPC/s")

@@ -30,7 +30,7 @@ use tokio::runtime::Handle;
 
 use crate::{
     baseline::spawn_server,
-    load::{self, Load, Stats},
+    load::{self, HttpTarget, Load, Stats},
 };
 
 pub const SERVICE_NAME: &str = "maxai.ports.messaging.v1.MessagingService";
@@ -133,6 +133,31 @@ impl Port {
             context: context(""),
             sid: self.sid.clone(),
         }
+    }
+
+    /// The request the adapter makes for a status, sent straight to the fake Twilio: the HTTP
+    /// hop inside every port call, measured alone to show what the rest of the path costs.
+    pub fn fake_fetch(&self) -> anyhow::Result<(SocketAddr, HttpTarget)> {
+        use base64::Engine as _;
+        let addr: SocketAddr = self
+            .fake
+            .base_url()
+            .trim_start_matches("http://")
+            .parse()
+            .context("the fake's address")?;
+        let path = format!("/2010-04-01/Accounts/{ACCOUNT}/Messages/{}.json", self.sid);
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT}:{AUTH_TOKEN}"));
+        let auth = http::HeaderValue::from_str(&format!("Basic {basic}"))?;
+        let target = HttpTarget::new(http::Method::GET, [path], bytes::Bytes::new())?.bodies(
+            Arc::new(move || {
+                (
+                    bytes::Bytes::new(),
+                    vec![(http::header::AUTHORIZATION, auth.clone())],
+                )
+            }),
+        );
+        Ok((addr, target))
     }
 
     /// Requests the fake received so far (its recording would otherwise grow for the whole run).
