@@ -17,6 +17,7 @@ pub mod breaker;
 pub mod calendar;
 pub mod context;
 pub mod credentials;
+pub mod durable_cache;
 pub mod error;
 pub mod http;
 pub mod money;
@@ -24,5 +25,6 @@ pub mod validate;
 
 pub use context::Connection;
 pub use credentials::{CredentialSource, IamCredentials, StaticCredentials};
+pub use durable_cache::SqlCache;
 pub use error::ProviderError;
 pub use http::{HttpConfig, ProviderHttp, ProviderResponse, Retry};

@@ -391,6 +391,39 @@ async fn repeated_idempotency_key_sends_exactly_one_message() {
     assert_eq!(env.fake.messages().len(), 5);
 }
 
+/// Without Redis the first result lives in the adapters' database: an adapter started again
+/// (a restarted process) answers a repeated key from it instead of texting twice.
+#[tokio::test]
+async fn a_restarted_adapter_without_redis_still_sends_once_per_key() {
+    for backend in maxai_testkit::backends().await {
+        let env = env().await;
+        let durable = |creds: Arc<StaticCredentials>| {
+            let (fake, storage) = (env.fake.base_url().to_owned(), backend.storage.clone());
+            async move {
+                let cache = maxai_adapter::SqlCache::connect(&storage)
+                    .await
+                    .expect("the adapters' database");
+                TwilioAdapter::new(&config(&fake), creds, Arc::new(cache))
+            }
+        };
+        let before = durable(env.creds.clone()).await;
+        let first = before
+            .send_sms(req(sms("exec-7/step-2", "see you at 3")))
+            .await
+            .expect("sent")
+            .into_inner();
+        drop(before);
+        let after = durable(env.creds.clone()).await;
+        let repeat = after
+            .send_sms(req(sms("exec-7/step-2", "see you at 3")))
+            .await
+            .expect("answered")
+            .into_inner();
+        assert_eq!(first, repeat, "{}", backend.name);
+        assert_eq!(env.fake.messages().len(), 1, "{}", backend.name);
+    }
+}
+
 #[tokio::test]
 async fn twilio_errors_map_to_codes_with_the_provider_message() {
     let env = env().await;

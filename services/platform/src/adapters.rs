@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use maxai_adapter::{credentials::ServiceToken, CredentialSource, IamCredentials};
-use maxai_kit::shared_state::SharedState;
+use maxai_kit::shared_state::Cache;
 use serde::Deserialize;
 
 /// gRPC services of the ports, for health and reflection.
@@ -49,11 +49,13 @@ impl Default for AdaptersConfig {
     }
 }
 
-/// Adds every port's server to `routes`; credentials come from IAM at `iam` with `token`.
+/// Adds every port's server to `routes`; credentials come from IAM at `iam` with `token`;
+/// `idempotency` keeps the first result per idempotency key (durable: Redis, or the adapters'
+/// database without it).
 pub fn add_to(
     routes: &mut tonic::service::RoutesBuilder,
     config: &AdaptersConfig,
-    shared: &SharedState,
+    idempotency: Arc<dyn Cache>,
     iam: tonic::transport::Channel,
     token: ServiceToken,
     max_message_bytes: usize,
@@ -68,7 +70,7 @@ pub fn add_to(
         maxai_twilio::server(maxai_twilio::TwilioAdapter::new(
             &config.twilio,
             creds.clone(),
-            shared.cache.clone(),
+            idempotency,
         ))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes),

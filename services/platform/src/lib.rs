@@ -228,10 +228,21 @@ pub async fn run(
             .clone()
             .context("adapters need the service identity's key ring")?;
         let tokens = ServiceTokens::new(ring);
+        // Without Redis the process cache would forget, at a restart, which sends happened.
+        let idempotency: std::sync::Arc<dyn maxai_kit::shared_state::Cache> =
+            if shared.backend == "memory" {
+                std::sync::Arc::new(
+                    maxai_adapter::SqlCache::connect(&config.storage)
+                        .await
+                        .context("the adapters' idempotency store")?,
+                )
+            } else {
+                shared.cache.clone()
+            };
         adapters::add_to(
             &mut routes,
             &config.adapters,
-            &shared,
+            idempotency,
             channel,
             std::sync::Arc::new(move || tokens.token()),
             config.server.max_message_bytes,
@@ -542,50 +553,30 @@ pub async fn migrate(
 ) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
     for c in components {
-        match c {
-            Component::FeatureFlags => {
-                let db = storage::connect(
-                    &config.storage,
-                    maxai_feature_flags::STORAGE_NAME,
-                    &maxai_feature_flags::MIGRATIONS,
-                )
-                .await?;
-                done.push(format!("{} ({})", c.name(), db.dialect()));
-                db.close().await;
-            }
-            Component::Iam => {
-                let db = storage::connect(
-                    &config.storage,
-                    maxai_iam::STORAGE_NAME,
-                    &maxai_iam::MIGRATIONS,
-                )
-                .await?;
-                done.push(format!("{} ({})", c.name(), db.dialect()));
-                db.close().await;
-            }
-            Component::WebhookIngress => {
-                let db = storage::connect(
-                    &config.storage,
-                    maxai_webhook_ingress::STORAGE_NAME,
-                    &maxai_webhook_ingress::MIGRATIONS,
-                )
-                .await?;
-                done.push(format!("{} ({})", c.name(), db.dialect()));
-                db.close().await;
-            }
-            Component::Orchestrator => {
-                let db = storage::connect(
-                    &config.storage,
-                    maxai_orchestrator::STORAGE_NAME,
-                    &maxai_orchestrator::MIGRATIONS,
-                )
-                .await?;
-                done.push(format!("{} ({})", c.name(), db.dialect()));
-                db.close().await;
-            }
-            // Stateless: credentials live in IAM, idempotency results in the shared cache.
-            Component::Adapters | Component::Gateway => {}
-        }
+        let (name, migrations) = match c {
+            Component::FeatureFlags => (
+                maxai_feature_flags::STORAGE_NAME,
+                &maxai_feature_flags::MIGRATIONS,
+            ),
+            Component::Iam => (maxai_iam::STORAGE_NAME, &maxai_iam::MIGRATIONS),
+            Component::WebhookIngress => (
+                maxai_webhook_ingress::STORAGE_NAME,
+                &maxai_webhook_ingress::MIGRATIONS,
+            ),
+            Component::Orchestrator => (
+                maxai_orchestrator::STORAGE_NAME,
+                &maxai_orchestrator::MIGRATIONS,
+            ),
+            // Credentials live in IAM; the idempotency store is used only without Redis.
+            Component::Adapters => (
+                maxai_adapter::durable_cache::STORAGE_NAME,
+                &maxai_adapter::durable_cache::MIGRATIONS,
+            ),
+            Component::Gateway => continue,
+        };
+        let db = storage::connect(&config.storage, name, migrations).await?;
+        done.push(format!("{} ({})", c.name(), db.dialect()));
+        db.close().await;
     }
     Ok(done)
 }

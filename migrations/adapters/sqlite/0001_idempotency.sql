@@ -1,0 +1,8 @@
+-- What the adapters remember between calls when no Redis is configured: the first result per
+-- idempotency key (Twilio's at-most-once sends), kept until it expires.
+CREATE TABLE cache_entries (
+    key        TEXT    PRIMARY KEY,
+    value      BLOB    NOT NULL,
+    expires_us INTEGER NOT NULL
+);
+CREATE INDEX cache_entries_expiry ON cache_entries (expires_us);
