@@ -1921,3 +1921,78 @@ async fn the_delegate_status_poll_is_checked_against_the_tenant() {
         );
     }
 }
+
+/// With Redis, work created on one replica wakes the idle workers of another at once: their
+/// poll is a minute here, so only the announcement can start the execution in time.
+#[tokio::test]
+async fn work_created_on_one_replica_wakes_the_workers_of_another() {
+    for backend in backends().await {
+        let shared = maxai_kit::shared_state::SharedState::connect(&backend.storage)
+            .await
+            .expect("cache and notifier");
+        if shared.backend != "redis" {
+            continue;
+        }
+        let config = OrchestratorConfig {
+            poll_ms: 60_000,
+            ..test_config()
+        };
+        let h = harness_with(backend, config.clone()).await;
+        let flow = h
+            .active_flow(
+                "acme",
+                "wake",
+                json!({"steps": [{"id": "a", "set": {"vars": {"x": "1"}}}]}),
+            )
+            .await;
+        // Replica A serves the API and runs no workers; replica B (the harness's engine) runs
+        // the workers.
+        let idle_ports = PortCaller::new(
+            tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy(),
+            Arc::new(|| None),
+            4 << 20,
+        );
+        let a = Engine::new(h.store.clone(), idle_ports, config.clone());
+        let api_a = OrchestratorApi::new(h.store.clone(), a.clone(), config.clone());
+        a.wake_across(shared.notifier.clone(), h.stop.clone())
+            .await
+            .expect("replica A subscribes");
+        h.engine
+            .wake_across(shared.notifier.clone(), h.stop.clone())
+            .await
+            .expect("replica B subscribes");
+        let workers = h.engine.spawn_workers(h.stop.clone());
+        // B's workers have made their first claim (nothing yet) and wait for a minute.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let name = api_a
+            .run_flow(req(
+                "acme",
+                pb::RunFlowRequest {
+                    name: flow.clone(),
+                    input: Some(json_to_struct(&json!({}))),
+                    flow_version: String::new(),
+                    client: String::new(),
+                    request_id: String::new(),
+                },
+            ))
+            .await
+            .expect("run flow on replica A")
+            .into_inner()
+            .execution
+            .unwrap()
+            .name;
+        let mut state = ExecState::Pending;
+        for _ in 0..100 {
+            state = h.record("acme", &name).await.state;
+            if state.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(state, ExecState::Succeeded, "B's workers were not woken");
+        h.stop.cancel();
+        for w in workers {
+            let _ = w.await;
+        }
+    }
+}

@@ -279,7 +279,17 @@ pub async fn run(
         routes.add_service(started.orchestrator);
         routes.add_service(started.consumer);
         names.extend(maxai_orchestrator::SERVICE_NAMES.map(String::from));
-        let workers = started.tasks;
+        let mut workers = started.tasks;
+        // With Redis, replicas wake each other's workers; in one process they share the engine.
+        if shared.backend == "redis" {
+            workers.push(
+                started
+                    .engine
+                    .wake_across(shared.notifier.clone(), shutdown.clone())
+                    .await
+                    .context("orchestrator wake-ups (storage.redis_url)")?,
+            );
+        }
         tasks.spawn(async move {
             for worker in workers {
                 let _ = worker.await;

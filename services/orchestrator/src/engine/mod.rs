@@ -12,12 +12,15 @@ mod run;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
-use maxai_kit::{storage::now_micros, CancellationToken, Result};
-use tokio::{sync::Notify, task::JoinSet};
+use maxai_kit::{shared_state::Notifier, storage::now_micros, CancellationToken, Result};
+use tokio::{
+    sync::{broadcast::error::RecvError, Notify},
+    task::JoinSet,
+};
 
 use crate::{
     config::OrchestratorConfig,
@@ -35,6 +38,9 @@ const VERSION_CACHE_MAX: usize = 10_000;
 
 type VersionKey = (String, String, i64);
 
+/// Where replicas announce new runnable work (the message is the announcing replica's id).
+const WORK_CHANNEL: &str = "orchestrator:work";
+
 pub use ports::{Credential, PortCaller};
 
 /// Shared by every worker of a replica.
@@ -46,6 +52,9 @@ pub struct Engine {
     /// Parsed pinned versions (never drafts, which still change), so an execution does not
     /// read and parse its definition on every claim.
     versions: Mutex<HashMap<VersionKey, (Instant, Arc<Definition>)>>,
+    /// Set by [`Engine::wake_across`]: the notifier new work is announced on, and this
+    /// replica's id in those announcements.
+    announce: OnceLock<(Arc<dyn Notifier>, String)>,
 }
 
 impl Engine {
@@ -60,6 +69,7 @@ impl Engine {
             config,
             wake: Notify::new(),
             versions: Mutex::new(HashMap::new()),
+            announce: OnceLock::new(),
         })
     }
 
@@ -108,9 +118,45 @@ impl Engine {
         self.versions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Tells idle workers new work exists (RunFlow, an event) instead of waiting for the poll.
+    /// Tells idle workers new work exists (RunFlow, an event) instead of waiting for the poll,
+    /// and, after [`Engine::wake_across`], the workers of every other replica too.
     pub fn notify(&self) {
         self.wake.notify_waiters();
+        if let Some((notifier, me)) = self.announce.get() {
+            let (notifier, me) = (notifier.clone(), me.clone());
+            tokio::spawn(async move {
+                if let Err(e) = notifier.publish(WORK_CHANNEL, &me).await {
+                    tracing::debug!(error = %e, "announcing new work failed; replicas poll");
+                }
+            });
+        }
+    }
+
+    /// Shares wake-ups between replicas through `notifier` (Redis pub/sub): work created on one
+    /// replica wakes the idle workers of the others at once instead of at their next poll.
+    /// The returned task ends at `shutdown`.
+    pub async fn wake_across(
+        self: &Arc<Self>,
+        notifier: Arc<dyn Notifier>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let me = uuid::Uuid::new_v4().simple().to_string();
+        let mut announced = notifier.subscribe(WORK_CHANNEL).await?;
+        let _ = self.announce.set((notifier, me.clone()));
+        let engine = self.clone();
+        Ok(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    got = announced.recv() => match got {
+                        // Its own announcements woke this replica's workers already.
+                        Ok(from) if from == me => {}
+                        Ok(_) | Err(RecvError::Lagged(_)) => engine.wake.notify_waiters(),
+                        Err(RecvError::Closed) => return,
+                    },
+                }
+            }
+        }))
     }
 
     pub(crate) fn lease_us(&self) -> i64 {
