@@ -47,8 +47,8 @@ use maxai_proto::maxai::{
     orchestrator::v1::{self as pb, orchestrator_service_client::OrchestratorServiceClient},
     ports::messaging::v1::{
         messaging_service_server::{MessagingService, MessagingServiceServer},
-        GetMessageStatusRequest, GetMessageStatusResponse, MakeCallRequest, MakeCallResponse,
-        MessageStatus, SendSmsRequest, SendSmsResponse,
+        CallStatus, GetMessageStatusRequest, GetMessageStatusResponse, MakeCallRequest,
+        MakeCallResponse, MessageStatus, SendSmsRequest, SendSmsResponse,
     },
     webhook::v1::{event_consumer_service_client::EventConsumerServiceClient, ConsumeEventRequest},
 };
@@ -111,6 +111,11 @@ struct FakeMessaging {
 #[derive(Clone)]
 struct FakePort(Arc<FakeMessaging>);
 
+/// The idempotency key a port call carries (the engine's execution/step key).
+fn key_of(context: Option<maxai_proto::maxai::common::v1::CallContext>) -> String {
+    context.map(|c| c.idempotency_key).unwrap_or_default()
+}
+
 #[tonic::async_trait]
 impl MessagingService for FakePort {
     async fn send_sms(
@@ -118,11 +123,7 @@ impl MessagingService for FakePort {
         req: Request<SendSmsRequest>,
     ) -> Result<Response<SendSmsResponse>, Status> {
         self.0.sms.fetch_add(1, Ordering::Relaxed);
-        let key = req
-            .into_inner()
-            .context
-            .map(|c| c.idempotency_key)
-            .unwrap_or_default();
+        let key = key_of(req.into_inner().context);
         Ok(Response::new(SendSmsResponse {
             sid: format!("SM-{key}"),
             status: MessageStatus::Queued as i32,
@@ -133,11 +134,19 @@ impl MessagingService for FakePort {
         }))
     }
 
+    /// The bench flow places no calls; answered as Twilio would for a new call, so the fake
+    /// serves the whole port.
     async fn make_call(
         &self,
-        _: Request<MakeCallRequest>,
+        req: Request<MakeCallRequest>,
     ) -> Result<Response<MakeCallResponse>, Status> {
-        Err(Status::unimplemented("the bench flow places no calls"))
+        let key = key_of(req.into_inner().context);
+        Ok(Response::new(MakeCallResponse {
+            sid: format!("CA-{key}"),
+            status: CallStatus::Queued as i32,
+            usage: None,
+            create_time: None,
+        }))
     }
 
     async fn get_message_status(

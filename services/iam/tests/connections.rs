@@ -110,6 +110,16 @@ impl Server {
             .expect("client");
     }
 
+    /// Tenant `acme` with client `dental`, and its tenant admin `ann` (returned).
+    async fn acme_admin(&self) -> &'static str {
+        const ADMIN: &str = "tenants/acme/users/ann";
+        self.tenant_with_client("acme", "dental").await;
+        maxai_iam::ensure_grant(&self.storage, ADMIN, "roles/tenant-admin", None)
+            .await
+            .expect("grant");
+        ADMIN
+    }
+
     /// Every stored column of every connection, as text, to look for secrets in clear.
     async fn stored_text(&self) -> String {
         let rows: Vec<(String, String, String, String)> = on_db!(&self.db, |pool| {
@@ -191,12 +201,8 @@ async fn authorize(url: &str) -> std::collections::HashMap<String, String> {
 async fn api_key_connections_are_sealed_and_handed_only_to_the_platform() {
     for backend in backends().await {
         let s = serve(&backend, iam_config()).await;
-        s.tenant_with_client("acme", "dental").await;
+        let admin = s.acme_admin().await;
         s.tenant_with_client("rival", "shop").await;
-        let admin = "tenants/acme/users/ann";
-        maxai_iam::ensure_grant(&s.storage, admin, "roles/tenant-admin", None)
-            .await
-            .expect("grant");
         let mut api = s.connections(admin).await;
         let secret = "twilio-auth-token-0123456789abcdef";
 
@@ -402,11 +408,7 @@ async fn google_calendar_connects_refreshes_and_needs_reauthorization_when_revok
     for backend in backends().await {
         let google = fake_google().await;
         let s = serve(&backend, config_with_google(&google)).await;
-        s.tenant_with_client("acme", "dental").await;
-        let admin = "tenants/acme/users/ann";
-        maxai_iam::ensure_grant(&s.storage, admin, "roles/tenant-admin", None)
-            .await
-            .expect("grant");
+        let admin = s.acme_admin().await;
         let mut api = s.connections(admin).await;
 
         let started = api
@@ -591,11 +593,7 @@ async fn replicas_refreshing_at_once_spend_the_rotating_refresh_token_once() {
         config.connections.redirect_uri = CALLBACK.into();
         let one = serve(&backend, config.clone()).await;
         let two = serve(&backend, config).await;
-        one.tenant_with_client("acme", "dental").await;
-        let admin = "tenants/acme/users/ann";
-        maxai_iam::ensure_grant(&one.storage, admin, "roles/tenant-admin", None)
-            .await
-            .expect("grant");
+        let admin = one.acme_admin().await;
         let started = one
             .connections(admin)
             .await
@@ -667,11 +665,7 @@ async fn microsoft_calendar_connects_and_keeps_the_rotated_refresh_token() {
         app.token_url = format!("{}/common/oauth2/v2.0/token", ms.base_url());
         config.connections.redirect_uri = CALLBACK.into();
         let s = serve(&backend, config).await;
-        s.tenant_with_client("acme", "dental").await;
-        let admin = "tenants/acme/users/ann";
-        maxai_iam::ensure_grant(&s.storage, admin, "roles/tenant-admin", None)
-            .await
-            .expect("grant");
+        let admin = s.acme_admin().await;
         let started = s
             .connections(admin)
             .await
@@ -729,11 +723,7 @@ async fn api_keys_are_tried_against_the_provider_before_they_are_stored() {
     config.connections.key_checks.twilio = twilio.base_url().to_owned();
     config.connections.key_checks.openrouter = openrouter.base_url();
     let s = serve(&backend, config).await;
-    s.tenant_with_client("acme", "dental").await;
-    let admin = "tenants/acme/users/ann";
-    maxai_iam::ensure_grant(&s.storage, admin, "roles/tenant-admin", None)
-        .await
-        .expect("grant");
+    let admin = s.acme_admin().await;
     let mut api = s.connections(admin).await;
     let create =
         |provider: Provider, id: &str, key: &str, account: &str| pb::CreateConnectionRequest {
@@ -806,11 +796,7 @@ async fn a_ghl_agency_install_hands_out_location_tokens_for_the_clients_sub_acco
         app.location_token_url = format!("{}/oauth/locationToken", ghl.base_url());
         config.connections.redirect_uri = CALLBACK.into();
         let s = serve(&backend, config).await;
-        s.tenant_with_client("acme", "dental").await;
-        let admin = "tenants/acme/users/ann";
-        maxai_iam::ensure_grant(&s.storage, admin, "roles/tenant-admin", None)
-            .await
-            .expect("grant");
+        let admin = s.acme_admin().await;
         let settings = |pairs: &[(&str, &str)]| {
             maxai_kit::structs::json_to_struct(&serde_json::Value::Object(
                 pairs

@@ -11,12 +11,13 @@ pub mod ports;
 mod run;
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
-    time::{Duration, Instant},
+    sync::{Arc, OnceLock},
+    time::Duration,
 };
 
-use maxai_kit::{shared_state::Notifier, storage::now_micros, CancellationToken, Result};
+use maxai_kit::{
+    shared_state::Notifier, storage::now_micros, ttl_map::TtlMap, CancellationToken, Result,
+};
 use tokio::{
     sync::{broadcast::error::RecvError, Notify},
     task::JoinSet,
@@ -36,7 +37,9 @@ const VERSION_TTL: Duration = Duration::from_secs(10);
 /// Versions kept at most; the cache starts over when full (cheap, and only costs reads).
 const VERSION_CACHE_MAX: usize = 10_000;
 
-type VersionKey = (String, String, i64);
+/// A cached pinned version: its tenant and flow (to forget a deleted flow) and the parsed
+/// definition.
+type CachedVersion = (String, String, Arc<Definition>);
 
 /// Where replicas announce new runnable work (the message is the announcing replica's id).
 const WORK_CHANNEL: &str = "orchestrator:work";
@@ -51,7 +54,7 @@ pub struct Engine {
     wake: Notify,
     /// Parsed pinned versions (never drafts, which still change), so an execution does not
     /// read and parse its definition on every claim.
-    versions: Mutex<HashMap<VersionKey, (Instant, Arc<Definition>)>>,
+    versions: TtlMap<CachedVersion>,
     /// Set by [`Engine::wake_across`]: the notifier new work is announced on, and this
     /// replica's id in those announcements.
     announce: OnceLock<(Arc<dyn Notifier>, String)>,
@@ -68,7 +71,7 @@ impl Engine {
             ports,
             config,
             wake: Notify::new(),
-            versions: Mutex::new(HashMap::new()),
+            versions: TtlMap::new(VERSION_CACHE_MAX),
             announce: OnceLock::new(),
         })
     }
@@ -80,14 +83,9 @@ impl Engine {
         flow_id: &str,
         version: i64,
     ) -> Result<Option<Arc<Definition>>> {
-        let key = (tenant.to_owned(), flow_id.to_owned(), version);
-        let hit = self
-            .cached_versions()
-            .get(&key)
-            .filter(|(at, _)| at.elapsed() < VERSION_TTL)
-            .map(|(_, def)| def.clone());
-        if hit.is_some() {
-            return Ok(hit);
+        let key = format!("{tenant}/{flow_id}/{version}");
+        if let Some((_, _, def)) = self.versions.get(&key) {
+            return Ok(Some(def));
         }
         let Some(record) = self.store.get_version(tenant, flow_id, version).await? else {
             return Ok(None);
@@ -97,25 +95,16 @@ impl Engine {
         };
         let def = Arc::new(def);
         if record.state != VersionState::Draft {
-            let mut cache = self.cached_versions();
-            if cache.len() >= VERSION_CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(key, (Instant::now(), def.clone()));
+            let cached = (tenant.to_owned(), flow_id.to_owned(), def.clone());
+            self.versions.insert(key, cached, VERSION_TTL);
         }
         Ok(Some(def))
     }
 
     /// Drops a flow's cached versions (it was deleted; its id may be reused).
     pub fn forget_flow(&self, tenant: &str, flow_id: &str) {
-        self.cached_versions()
-            .retain(|(t, f, _), _| !(t == tenant && f == flow_id));
-    }
-
-    fn cached_versions(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<VersionKey, (Instant, Arc<Definition>)>> {
-        self.versions.lock().unwrap_or_else(|p| p.into_inner())
+        self.versions
+            .retain(|(t, f, _)| !(t == tenant && f == flow_id));
     }
 
     /// Tells idle workers new work exists (RunFlow, an event) instead of waiting for the poll,

@@ -302,21 +302,32 @@ impl Run<'_> {
     /// Like [`record`](Self::record) for a top-level instant step, but written with the
     /// checkpoint that follows it.
     fn defer_record(&self, step_id: &str, kind: StepKind, end: StepEnd) {
+        let run = self.instant_run(step_id, kind, &[], None);
+        self.defer(Pending::Record(run, end));
+    }
+
+    /// The next attempt of a step that starts and ends at once.
+    fn instant_run(
+        &self,
+        step_id: &str,
+        kind: StepKind,
+        iteration: &[i32],
+        input: Option<Value>,
+    ) -> NewStepRun {
         let attempt = self
             .attempts
-            .get(&(step_id.to_owned(), Vec::new()))
+            .get(&(step_id.to_owned(), iteration.to_vec()))
             .copied()
             .unwrap_or(0)
             + 1;
-        let run = NewStepRun {
+        NewStepRun {
             step_id: step_id.to_owned(),
             kind,
             attempt,
-            iteration: Vec::new(),
+            iteration: iteration.to_vec(),
             method: String::new(),
-            input: None,
-        };
-        self.defer(Pending::Record(run, end));
+            input,
+        }
     }
 
     async fn go(&mut self) -> Result<()> {
@@ -463,20 +474,7 @@ impl Run<'_> {
         input: Option<Value>,
         end: StepEnd,
     ) -> Result<Option<i64>> {
-        let attempt = self
-            .attempts
-            .get(&(step_id.to_owned(), iteration.to_vec()))
-            .copied()
-            .unwrap_or(0)
-            + 1;
-        let run = NewStepRun {
-            step_id: step_id.to_owned(),
-            kind,
-            attempt,
-            iteration: iteration.to_vec(),
-            method: String::new(),
-            input,
-        };
+        let run = self.instant_run(step_id, kind, iteration, input);
         let store = &self.engine.store;
         let Some(seq) = store
             .start_step(

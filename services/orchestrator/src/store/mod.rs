@@ -368,7 +368,6 @@ pub trait OrchestratorStore: Send + Sync + 'static {
     /// A step attempt that starts and ends at once (condition, set, fail) and the step
     /// boundary after it, in one transaction: the step run is recorded finished and `cp` is
     /// written, or — when the lease is lost — nothing is (`None`). Returns the run's seq.
-    /// The default makes the three separate calls (not atomic).
     #[allow(clippy::too_many_arguments)]
     async fn record_step(
         &self,
@@ -379,19 +378,10 @@ pub trait OrchestratorStore: Send + Sync + 'static {
         cp: &Checkpoint,
         now: i64,
         lease_us: i64,
-    ) -> Result<Option<i64>> {
-        let Some(seq) = self.start_step(id, worker, run, now, lease_us).await? else {
-            return Ok(None);
-        };
-        self.finish_step(id, seq, end, now).await?;
-        Ok(self
-            .checkpoint(id, worker, cp, now, lease_us)
-            .await?
-            .then_some(seq))
-    }
+    ) -> Result<Option<i64>>;
 
     /// Ends step run `seq` and writes the step boundary after it in one transaction; `false`
-    /// (nothing written) when the lease is lost. The default makes the two separate calls.
+    /// (nothing written) when the lease is lost.
     #[allow(clippy::too_many_arguments)]
     async fn finish_step_checkpoint(
         &self,
@@ -402,10 +392,7 @@ pub trait OrchestratorStore: Send + Sync + 'static {
         cp: &Checkpoint,
         now: i64,
         lease_us: i64,
-    ) -> Result<bool> {
-        self.finish_step(id, seq, end, now).await?;
-        self.checkpoint(id, worker, cp, now, lease_us).await
-    }
+    ) -> Result<bool>;
 
     // The methods below have defaults so that wrappers written against the first version of
     // this trait (the bench's timing store) keep compiling; SqlStore implements all of them.

@@ -245,16 +245,32 @@ const EXEC_COLS: &str =
     "id, tenant, flow_id, version, state, trigger_json, client, input, output, error, \
     rerun_of, cursor, ctx, handling, ready_us, lease_owner, create_us, start_us, end_us, update_us";
 
+/// `ready_us` of a write by the lease holder: the lease expiry stays while more than `$half`
+/// of it is left after `$now`, else `$new`. An unchanged `ready_us` leaves every index of the
+/// row as it is, so PostgreSQL can update the row in place (HOT) instead of adding an entry to
+/// each of its indexes per step.
+macro_rules! kept_lease {
+    ($new:literal, $now:literal, $half:literal) => {
+        concat!(
+            "ready_us = CASE WHEN ready_us - ",
+            $now,
+            " > ",
+            $half,
+            " THEN ready_us ELSE ",
+            $new,
+            " END"
+        )
+    };
+}
 /// The columns a step boundary writes ($3–$13; $1 id, $2 worker), for [`bind_checkpoint`].
-/// A running execution keeps its lease expiry while more than half of it ($13) is left: an
-/// unchanged `ready_us` leaves every index of the row as it is, so PostgreSQL can update the
-/// row in place (HOT) instead of adding an entry to each of its indexes per step.
 macro_rules! checkpoint_set {
     () => {
-        "state = $3, cursor = $4, ctx = $5, handling = $6, \
-         ready_us = CASE WHEN $3 = 'running' AND ready_us - $12 > $13 THEN ready_us ELSE $7 END, \
-         output = $8, error = $9, lease_owner = $10, \
-         end_us = CASE WHEN $11 = 1 THEN $12 ELSE end_us END, update_us = $12"
+        concat!(
+            "state = $3, cursor = $4, ctx = $5, handling = $6, ",
+            kept_lease!("$7", "$12", "$13"),
+            ", output = $8, error = $9, lease_owner = $10, \
+             end_us = CASE WHEN $11 = 1 THEN $12 ELSE end_us END, update_us = $12"
+        )
     };
 }
 /// The compare-and-set on the lease: a worker that lost it writes nothing.
@@ -309,7 +325,13 @@ macro_rules! bind_checkpoint {
             .bind(owner)
             .bind(i64::from(cp.state.is_finished()))
             .bind(now)
-            .bind($lease_us / 2)
+            // Only a boundary that stays running may keep the lease expiry; any other state
+            // writes its own `ready_us` (the wake time, or now).
+            .bind(if cp.state == ExecState::Running {
+                $lease_us / 2
+            } else {
+                i64::MAX
+            })
     }};
 }
 
@@ -1282,11 +1304,11 @@ impl OrchestratorStore for SqlStore {
         lease_us: i64,
     ) -> Result<Option<i64>> {
         Ok(write_tx!(&self.db, |tx| {
-            let seq: Option<i64> = sqlx::query_scalar(
-                "UPDATE executions SET next_seq = next_seq + 1, \
-                 ready_us = CASE WHEN ready_us - $4 > $5 THEN ready_us ELSE $3 END \
-                 WHERE id = $1 AND lease_owner = $2 AND state = 'running' RETURNING next_seq",
-            )
+            let seq: Option<i64> = sqlx::query_scalar(concat!(
+                "UPDATE executions SET next_seq = next_seq + 1, ",
+                kept_lease!("$3", "$4", "$5"),
+                " WHERE id = $1 AND lease_owner = $2 AND state = 'running' RETURNING next_seq"
+            ))
             .bind(id)
             .bind(worker)
             .bind(now + lease_us)
