@@ -65,6 +65,8 @@ const EVAL_GOAL: f64 = 100_000.0;
 const WEBHOOK_PG_GOAL: f64 = 12_000.0;
 const WEBHOOK_PROXY_SHARE_GOAL: f64 = 0.5;
 const WEBHOOK_SQLITE_GOAL: f64 = 10_000.0;
+/// Issue 3: an authenticated REST read of one PostgreSQL row, as a share of the proxy.
+const GATEWAY_PROXY_SHARE_GOAL: f64 = 0.7;
 /// Issue 5: a port call's p50 at light load at most this many times the bare echo's.
 const PORT_P50_GOAL: f64 = 2.0;
 /// Issue 6: flow executions finished per second on PostgreSQL.
@@ -279,6 +281,7 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
         .await
         .context("webhook-ingress on PostgreSQL")?;
         let insert = pg.insert()?;
+        let event_paths = hook.event_paths(&token, 100).await?;
         let flows = flows::Flows::start(
             &sut,
             &config.orchestrator,
@@ -290,7 +293,7 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
         )
         .await
         .context("orchestrator on PostgreSQL")?;
-        anyhow::Ok((pg, hook, insert, flows))
+        anyhow::Ok((pg, hook, insert, flows, event_paths))
     }
     .await
     .map_err(|e| format!("PostgreSQL: {e:#}"));
@@ -360,18 +363,23 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
     const HOOK_SQLITE: &str = "webhook ingest, SQLite";
     const HOOK_PG: &str = "webhook ingest, PostgreSQL";
     const PG_INSERT: &str = "PostgreSQL idempotent insert";
+    const GATEWAY_PG_READ: &str = "gateway GET event, PostgreSQL";
     const FLOWS: &str = "flow executions, PostgreSQL";
     const FLOWS_LIGHT: &str = "flow executions, PostgreSQL, light load";
     let mut hook_cases = vec![(
         HOOK_SQLITE,
         Case::Http(sqlite_hook.gateway, webhook::target(&sqlite_events)?),
     )];
-    if let Ok((_, hook, insert, flows)) = &postgres {
+    if let Ok((_, hook, insert, flows, event_paths)) = &postgres {
         hook_cases.push((
             HOOK_PG,
             Case::Http(hook.gateway, webhook::target(&pg_events)?),
         ));
         hook_cases.push((PG_INSERT, Case::PgInsert(insert.clone())));
+        hook_cases.push((
+            GATEWAY_PG_READ,
+            Case::Http(hook.gateway, get(event_paths.clone())?.bearer(&token)?),
+        ));
         hook_cases.push((
             FLOWS,
             Case::Flow(flows.clone(), token.clone(), FLOW_IN_FLIGHT),
@@ -431,17 +439,18 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
     let pg_why = postgres.as_ref().err().cloned();
     let pg_missing = || pg_why.clone().unwrap_or_default();
     let mut take = |name: &str| hook_stats.remove(name).unwrap_or_else(|| Err(pg_missing()));
-    let (hook_sqlite_s, hook_pg_s, pg_insert_s, flows_s, flows_light_s) = (
+    let (hook_sqlite_s, hook_pg_s, pg_insert_s, pg_read_s, flows_s, flows_light_s) = (
         take(HOOK_SQLITE),
         take(HOOK_PG),
         take(PG_INSERT),
+        take(GATEWAY_PG_READ),
         take(FLOWS),
         take(FLOWS_LIGHT),
     );
     // What the stores hold: every acknowledged webhook stored once, nothing quarantined.
     let sqlite_stored = sqlite_hook.stored().await;
     let pg_stored = match &postgres {
-        Ok((_, hook, _, _)) => Some(hook.stored().await),
+        Ok((_, hook, ..)) => Some(hook.stored().await),
         Err(_) => None,
     };
     // The in-process services would otherwise share the cores with the binary being started.
@@ -449,8 +458,8 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
     let pg_summary = postgres
         .as_ref()
         .ok()
-        .map(|(pg, _, _, _)| (pg.pool_size, pg.settings.clone()));
-    let flow_breakdowns = postgres.as_ref().ok().map(|(_, _, _, flows)| {
+        .map(|(pg, ..)| (pg.pool_size, pg.settings.clone()));
+    let flow_breakdowns = postgres.as_ref().ok().map(|(_, _, _, flows, _)| {
         (
             flows.breakdown(FLOW_IN_FLIGHT),
             flows.breakdown(LIGHT_IN_FLIGHT),
@@ -493,7 +502,8 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
             .baseline("axum→tonic JSON proxy", Some(proxy_s.rate()))
             .note(&format!(
                 "{http}; authenticated: bearer JWT verified (cached per token) and authorized at \
-                 the gateway and again at the service; GetFlag answers from the flag snapshot"
+                 the gateway and again at the service; GetFlag answers from the flag snapshot \
+                 (no storage read: the PostgreSQL read is the events row below)"
             )),
         Row::new("iam BatchAuthorize ×100 gRPC", "checks/s")
             .load(&authorize_s, iam::CHECKS as f64)
@@ -594,6 +604,22 @@ async fn run(args: Args, sut: Handle) -> anyhow::Result<()> {
             "inserts/s",
             why,
         ),
+    });
+    const PG_READ_ROW: &str = "gateway GET /v1/tenants/*/events/{id}, PostgreSQL";
+    rows.push(match &pg_read_s {
+        Ok(s) => {
+            let share = s.rate() / proxy_rate.max(1.0);
+            Row::new(PG_READ_ROW, "req/s")
+                .load(s, 1.0)
+                .baseline("axum→tonic JSON proxy", Some(proxy_rate))
+                .goal("≥0.7× proxy")
+                .note(&format!(
+                    "goal {}; {http}; authenticated as the gateway row above, then GetEvent on                      webhook-ingress reads the stored event's row (100 events, in turn) and the                      tenant's retention setting from PostgreSQL, service pool {} connections",
+                    if share >= GATEWAY_PROXY_SHARE_GOAL { "met" } else { "NOT met" },
+                    config.storage.max_connections,
+                ))
+        }
+        Err(why) => Row::failed(PG_READ_ROW, "req/s", why),
     });
 
     rows.push(

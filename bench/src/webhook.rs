@@ -248,6 +248,39 @@ impl Ingress {
         Ok(())
     }
 
+    /// The REST paths of `n` events stored through the gateway (`n` ≤ 100), for the
+    /// authenticated read of one stored row: `GET /v1/tenants/{t}/events/{id}`.
+    pub async fn event_paths(&self, token: &str, n: usize) -> anyhow::Result<Vec<String>> {
+        let events = StripeEvents::new();
+        let target = target(&events)?;
+        let mut conn = load::http_connect(self.gateway).await?;
+        for i in 0..n as u64 {
+            let (status, body) = load::http_call(&mut conn, target.request(i)).await?;
+            anyhow::ensure!(status.is_success(), "seeding events: {status} {body:?}");
+        }
+        let list = HttpTarget::new(
+            Method::GET,
+            [format!("/v1/tenants/{TENANT}/events?pageSize={n}")],
+            Bytes::new(),
+        )?
+        .bearer(token)?;
+        let (status, body) = load::http_call(&mut conn, list.request(0)).await?;
+        anyhow::ensure!(status.is_success(), "ListEvents: {status} {body:?}");
+        let listed: serde_json::Value = serde_json::from_slice(&body)?;
+        let paths: Vec<String> = listed["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["name"].as_str().map(|name| format!("/v1/{name}")))
+            .collect();
+        anyhow::ensure!(
+            paths.len() == n,
+            "ListEvents gave {} of {n} events",
+            paths.len()
+        );
+        Ok(paths)
+    }
+
     /// Events stored and payloads quarantined so far.
     pub async fn stored(&self) -> anyhow::Result<(i64, i64)> {
         let mut storage = self.storage.clone();
