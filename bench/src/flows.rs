@@ -37,7 +37,7 @@ use maxai_orchestrator::{
     domain::{ExecState, VersionState},
     store::{
         Checkpoint, ClaimCaps, ExecutionFilter, ExecutionRecord, FlowRecord, Limits, LimitsRecord,
-        NewExecution, NewStepRun, OrchestratorStore, SqlStore, StepEnd, StepRunRecord,
+        NewExecution, NewStepRun, OrchestratorStore, SqlStore, StepEnd, StepRunRecord, StepWrite,
         TriggerFilter, TriggerRecord, VersionRecord,
     },
     OrchestratorConfig, PortCaller,
@@ -68,7 +68,7 @@ const EVENT_TYPE: &str = "voice.call.ended";
 const SEND_SMS: &str = "maxai.ports.messaging.v1.MessagingService/SendSms";
 const GET_STATUS: &str = "maxai.ports.messaging.v1.MessagingService/GetMessageStatus";
 /// Store calls the breakdown times, in the order the note lists them.
-const OPS: [&str; 12] = [
+const OPS: [&str; 13] = [
     "list_triggers",
     "get_limits",
     "consume_event",
@@ -81,9 +81,10 @@ const OPS: [&str; 12] = [
     "renew",
     "record_step",
     "finish_step_checkpoint",
+    "checkpoint_start_step",
 ];
 /// The ones that write (one transaction, so one commit, each).
-const WRITES: [usize; 8] = [2, 3, 6, 7, 8, 9, 10, 11];
+const WRITES: [usize; 9] = [2, 3, 6, 7, 8, 9, 10, 11, 12];
 
 /// The flow every event starts: the condition holds for the bench's calls (95 s long).
 fn definition() -> Value {
@@ -503,6 +504,28 @@ impl OrchestratorStore for TimedStore {
                 10,
                 self.inner
                     .record_step(id, worker, run, end, cp, now, lease_us),
+            )
+            .await;
+        if matches!(written, Ok(Some(_))) {
+            self.checkpointed(id, cp);
+        }
+        written
+    }
+    async fn checkpoint_start_step(
+        &self,
+        id: &str,
+        worker: &str,
+        before: Option<&StepWrite>,
+        cp: &Checkpoint,
+        run: &NewStepRun,
+        now: i64,
+        lease_us: i64,
+    ) -> maxai_kit::Result<Option<i64>> {
+        let written = self
+            .timed(
+                12,
+                self.inner
+                    .checkpoint_start_step(id, worker, before, cp, run, now, lease_us),
             )
             .await;
         if matches!(written, Ok(Some(_))) {

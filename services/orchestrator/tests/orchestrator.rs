@@ -540,6 +540,39 @@ async fn cel_errors_fail_the_execution_with_a_reason_and_the_engine_goes_on() {
         let rec = h.settle("acme", &fine).await;
         assert_eq!(rec.state, ExecState::Succeeded);
         assert_eq!(rec.output, Some(json!({"x": 42})));
+        // After a step whose end is written with the next boundary: both results are kept.
+        let after_set = h
+            .active_flow(
+                "acme",
+                "set-then-bad",
+                json!({"steps": [
+                    {"id": "pick", "set": {"vars": {"phone": "input.contact.phone"}}},
+                    {"id": "send", "call": {"method": SEND_SMS, "connection": CONN, "input": {"toNumber": "vars.phone.number"}}}
+                ]}),
+            )
+            .await;
+        let failing = h
+            .run(
+                "acme",
+                &after_set,
+                json!({"contact": {"phone": "+15550000001"}}),
+            )
+            .await;
+        assert_eq!(h.settle("acme", &failing).await.state, ExecState::Failed);
+        let e = h.get("acme", &failing).await;
+        let history: Vec<_> = e
+            .steps
+            .iter()
+            .map(|s| (s.step_id.as_str(), s.state))
+            .collect();
+        assert_eq!(
+            history,
+            [
+                ("pick", pb::StepRunState::Succeeded as i32),
+                ("send", pb::StepRunState::Failed as i32)
+            ]
+        );
+        assert!(e.error.unwrap().message.contains("call.input.toNumber"));
         // A condition that is not a bool is an error too, not truthiness.
         let cond = h
             .active_flow(

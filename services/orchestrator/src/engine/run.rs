@@ -2,7 +2,10 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -18,7 +21,7 @@ use crate::{
         validate::resolve_method,
         ExecError, ExecState, StepKind, StepState,
     },
-    store::{Checkpoint, ExecutionRecord, NewStepRun, StepEnd},
+    store::{Checkpoint, ExecutionRecord, NewStepRun, StepEnd, StepWrite},
 };
 
 const WORKFLOW_EXECUTE: &str = "maxai.ports.workflow.v1.WorkflowService/ExecuteWorkflow";
@@ -33,16 +36,6 @@ enum Outcome {
     Fail(ExecError),
     /// The lease is gone (cancelled, or taken over after expiry): stop without writing.
     Lost,
-}
-
-/// A step's end not yet written: it goes into the same transaction as the step boundary that
-/// follows it (one commit per instant step, two per port call instead of three and four). The
-/// boundary is written before the next step runs, so every result is still durable first.
-enum Pending {
-    /// An instant step (condition, set, fail): its whole run.
-    Record(NewStepRun, StepEnd),
-    /// A port call whose start is already stored (so a crash mid-call is seen on resume).
-    Finish(i64, StepEnd),
 }
 
 /// How one attempt-bearing action ended.
@@ -96,8 +89,14 @@ struct Run<'a> {
     attempts: HashMap<(String, Vec<i32>), i64>,
     /// Outputs of foreach body steps that already succeeded, reused on resume.
     done: HashMap<(String, Vec<i32>), Value>,
-    /// The last step's end, written with the next checkpoint ([`Pending`]).
-    pending: Mutex<Option<Pending>>,
+    /// The last step's end not yet written: it goes into the same transaction as the step
+    /// boundary that follows it (an instant step costs no commit of its own, a port call one).
+    /// The boundary is written before the next step runs, so every result is durable first.
+    pending: Mutex<Option<StepWrite>>,
+    /// The boundary before the next step is owed: that step is a port call, and the boundary
+    /// goes into the transaction that records the call's start. Any checkpoint pays it (it
+    /// supersedes the owed one); so does [`Run::pay_owed`] on a path that writes otherwise.
+    owed: AtomicBool,
 }
 
 impl Engine {
@@ -195,6 +194,7 @@ impl Engine {
             attempts,
             done,
             pending: Mutex::new(None),
+            owed: AtomicBool::new(false),
         };
         run.go().await
     }
@@ -257,25 +257,18 @@ impl Run<'_> {
         output: Option<Value>,
         error: Option<ExecError>,
     ) -> Result<bool> {
-        let cp = Checkpoint {
-            state,
-            cursor,
-            ctx: Value::Object(self.ctx.clone()),
-            handling: self.handling,
-            wake_us: wake,
-            output,
-            error,
-        };
+        let cp = self.boundary(state, cursor, wake, output, error);
+        self.owed.store(false, Ordering::Relaxed);
         let pending = self.take_pending();
         let (store, id, worker) = (&self.engine.store, &self.exec.id, self.worker);
         let (now, lease_us) = (now_micros(), self.lease_us());
         let ok = match pending {
             None => store.checkpoint(id, worker, &cp, now, lease_us).await?,
-            Some(Pending::Record(run, end)) => store
+            Some(StepWrite::Record(run, end)) => store
                 .record_step(id, worker, &run, &end, &cp, now, lease_us)
                 .await?
                 .is_some(),
-            Some(Pending::Finish(seq, end)) => {
+            Some(StepWrite::Finish(seq, end)) => {
                 store
                     .finish_step_checkpoint(id, worker, seq, &end, &cp, now, lease_us)
                     .await?
@@ -288,14 +281,76 @@ impl Run<'_> {
         Ok(ok)
     }
 
-    fn take_pending(&self) -> Option<Pending> {
+    fn boundary(
+        &self,
+        state: ExecState,
+        cursor: Option<String>,
+        wake_us: Option<i64>,
+        output: Option<Value>,
+        error: Option<ExecError>,
+    ) -> Checkpoint {
+        Checkpoint {
+            state,
+            cursor,
+            ctx: Value::Object(self.ctx.clone()),
+            handling: self.handling,
+            wake_us,
+            output,
+            error,
+        }
+    }
+
+    /// Writes the owed boundary before port call `step_id` on its own (the call will not
+    /// start); `false` when the lease is lost.
+    async fn pay_owed(&self, step_id: &str) -> Result<bool> {
+        if !self.owed.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        self.checkpoint(
+            ExecState::Running,
+            Some(step_id.to_owned()),
+            None,
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// Records the start of a port call's attempt, with the owed boundary before it if any.
+    async fn start_call(&self, run: &NewStepRun) -> Result<Option<i64>> {
+        let (store, id, worker) = (&self.engine.store, &self.exec.id, self.worker);
+        let (now, lease_us) = (now_micros(), self.lease_us());
+        if !self.owed.swap(false, Ordering::Relaxed) {
+            return store.start_step(id, worker, run, now, lease_us).await;
+        }
+        let cp = self.boundary(
+            ExecState::Running,
+            Some(run.step_id.clone()),
+            None,
+            None,
+            None,
+        );
+        let before = self.take_pending();
+        store
+            .checkpoint_start_step(id, worker, before.as_ref(), &cp, run, now, lease_us)
+            .await
+    }
+
+    /// Whether step `step_id` is a port call (its boundary can be owed to its start).
+    fn is_call(&self, step_id: Option<&str>) -> bool {
+        step_id
+            .and_then(|id| self.def.find(id))
+            .is_some_and(|s| matches!(s.kind(), Some(Kind::Call(_))))
+    }
+
+    fn take_pending(&self) -> Option<StepWrite> {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
     }
 
-    fn defer(&self, p: Pending) {
+    fn defer(&self, p: StepWrite) {
         *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
     }
 
@@ -303,7 +358,7 @@ impl Run<'_> {
     /// checkpoint that follows it.
     fn defer_record(&self, step_id: &str, kind: StepKind, end: StepEnd) {
         let run = self.instant_run(step_id, kind, &[], None);
-        self.defer(Pending::Record(run, end));
+        self.defer(StepWrite::Record(run, end));
     }
 
     /// The next attempt of a step that starts and ends at once.
@@ -384,6 +439,11 @@ impl Run<'_> {
                     }
                     cursor = next;
                     via_error = false;
+                    if !self.stop.is_cancelled() && self.is_call(cursor.as_deref()) {
+                        // Written with the call's start, in one transaction.
+                        self.owed.store(true, Ordering::Relaxed);
+                        continue;
+                    }
                     if !self
                         .checkpoint(ExecState::Running, cursor.clone(), None, None, None)
                         .await?
@@ -529,6 +589,9 @@ impl Run<'_> {
                 let input = match cel::eval_mapping(&c.input, &scope) {
                     Ok(v) => v,
                     Err((p, e)) => {
+                        if !self.pay_owed(id).await? {
+                            return Ok(Outcome::Lost);
+                        }
                         let err = cel_error(id, &format!("call.input.{p}"), e);
                         return self
                             .recorded_fail(id, as_kind(StepKind::Call), &[], err)
@@ -960,6 +1023,9 @@ impl Run<'_> {
         defer: bool,
     ) -> Result<Done> {
         let Some(method) = resolve_method(method_name) else {
+            if !self.pay_owed(&step.id).await? {
+                return Ok(Done::Lost);
+            }
             let err = engine_error(
                 format!("no method {method_name:?} in the contracts"),
                 &step.id,
@@ -994,16 +1060,7 @@ impl Run<'_> {
                 method: method_name.to_owned(),
                 input: Some(input.clone()),
             };
-            let Some(seq) = store
-                .start_step(
-                    &self.exec.id,
-                    self.worker,
-                    &run,
-                    now_micros(),
-                    self.lease_us(),
-                )
-                .await?
-            else {
+            let Some(seq) = self.start_call(&run).await? else {
                 return Ok(Done::Lost);
             };
             let call = self.engine.ports.call(
@@ -1021,7 +1078,7 @@ impl Run<'_> {
                 Ok(out) => {
                     let end = Self::ok_end(out.clone());
                     if defer {
-                        self.defer(Pending::Finish(seq, end));
+                        self.defer(StepWrite::Finish(seq, end));
                     } else {
                         store
                             .finish_step(&self.exec.id, seq, &end, now_micros())
@@ -1033,7 +1090,7 @@ impl Run<'_> {
                     e.step_id = step.id.clone();
                     let last_attempt = attempt >= last || !retry.retryable(&e.code);
                     if defer && last_attempt {
-                        self.defer(Pending::Finish(seq, Self::err_end(&e)));
+                        self.defer(StepWrite::Finish(seq, Self::err_end(&e)));
                         return Ok(Done::Err(e));
                     }
                     store

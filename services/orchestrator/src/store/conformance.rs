@@ -40,6 +40,46 @@ pub fn new_execution(id: &str, tenant: &str, flow_id: &str, client: &str) -> New
     }
 }
 
+/// Creates execution `id` of `tenant` and claims it for `worker` (with whatever else is runnable).
+async fn claimed(s: &dyn OrchestratorStore, id: &str, tenant: &str, worker: &str, now: i64) {
+    s.create_execution(&new_execution(id, tenant, "f", ""), None, 0, now)
+        .await
+        .unwrap();
+    let claimed = s
+        .claim(worker, now, 1_000_000, 1_000, caps(100_000, 100_000))
+        .await
+        .unwrap();
+    assert!(claimed.iter().any(|e| e.id == id));
+}
+
+/// The first attempt of condition step `cond`.
+fn condition_run() -> NewStepRun {
+    NewStepRun {
+        step_id: "cond".into(),
+        kind: crate::domain::StepKind::Condition,
+        attempt: 1,
+        iteration: vec![],
+        method: String::new(),
+        input: None,
+    }
+}
+
+/// Execution `id` has no step run and no cursor yet.
+async fn nothing_written(s: &dyn OrchestratorStore, tenant: &str, id: &str) {
+    assert!(s.step_runs(id).await.unwrap().is_empty());
+    let e = s.get_execution(tenant, id).await.unwrap().unwrap();
+    assert_eq!(e.cursor, None);
+}
+
+fn succeeded(out: serde_json::Value) -> StepEnd {
+    StepEnd {
+        state: crate::domain::StepState::Succeeded,
+        output: Some(out),
+        error: None,
+        resume_us: None,
+    }
+}
+
 fn caps(global: i64, tenant: i64) -> ClaimCaps {
     ClaimCaps {
         global_running: global,
@@ -88,6 +128,132 @@ pub async fn run(store: &dyn OrchestratorStore) {
     events_and_schedules(store).await;
     concurrent_retries_and_the_pending_cap(store).await;
     step_results_with_their_checkpoint(store).await;
+    boundaries_with_the_next_calls_start(store).await;
+}
+
+/// `checkpoint_start_step` writes the last step's end, the boundary and the next call's start
+/// together — a recorded step before it takes its own seq — and nothing at all for a worker
+/// without the lease. Runs last, like the check above.
+async fn boundaries_with_the_next_calls_start(s: &dyn OrchestratorStore) {
+    use super::StepWrite;
+    use crate::domain::{StepKind, StepState};
+    let now = 950_000_000_000;
+    claimed(s, "cs1", "t-cs", "w-cs", now).await;
+    let cond = condition_run();
+    let call = |id: &str| NewStepRun {
+        step_id: id.into(),
+        kind: StepKind::Call,
+        method: "m".into(),
+        input: Some(json!({"step": id})),
+        ..cond.clone()
+    };
+    let ok = succeeded;
+    let at = |cursor: &str, ctx: serde_json::Value| Checkpoint {
+        state: ExecState::Running,
+        cursor: Some(cursor.into()),
+        ctx,
+        handling: false,
+        wake_us: None,
+        output: None,
+        error: None,
+    };
+    let recorded = StepWrite::Record(cond.clone(), ok(json!({"result": true})));
+    let cp1 = at(
+        "sms",
+        json!({"steps": {"cond": {"output": {"result": true}}}}),
+    );
+    let started = |who: &'static str, t: i64| {
+        let (recorded, cp1, run) = (recorded.clone(), cp1.clone(), call("sms"));
+        async move {
+            s.checkpoint_start_step("cs1", who, Some(&recorded), &cp1, &run, t, 1_000_000)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        started("intruder", now + 1).await,
+        None,
+        "not the lease holder"
+    );
+    nothing_written(s, "t-cs", "cs1").await;
+
+    assert_eq!(
+        started("w-cs", now + 2).await,
+        Some(2),
+        "the record took seq 1"
+    );
+    let e = s.get_execution("t-cs", "cs1").await.unwrap().unwrap();
+    assert_eq!((e.cursor.as_deref(), &e.ctx), (Some("sms"), &cp1.ctx));
+    let runs = s.step_runs("cs1").await.unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(
+        (runs[0].seq, runs[0].state, runs[0].end_us),
+        (1, StepState::Succeeded, Some(now + 2))
+    );
+    assert_eq!(runs[0].output, Some(json!({"result": true})));
+    assert_eq!(
+        (runs[1].seq, runs[1].state, runs[1].end_us),
+        (2, StepState::Running, None)
+    );
+    assert_eq!(
+        (runs[1].step_id.as_str(), runs[1].start_us),
+        ("sms", now + 2)
+    );
+    assert_eq!(runs[1].input, Some(json!({"step": "sms"})));
+
+    // The call's end, the boundary after it and the next call's start.
+    let finished = StepWrite::Finish(2, ok(json!({"sid": "S1"})));
+    let cp2 = at(
+        "status",
+        json!({"steps": {"sms": {"output": {"sid": "S1"}}}}),
+    );
+    let seq = s
+        .checkpoint_start_step(
+            "cs1",
+            "w-cs",
+            Some(&finished),
+            &cp2,
+            &call("status"),
+            now + 3,
+            1_000_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(seq, Some(3));
+    let runs = s.step_runs("cs1").await.unwrap();
+    assert_eq!(runs.len(), 3);
+    assert_eq!(
+        (runs[1].state, runs[1].end_us),
+        (StepState::Succeeded, Some(now + 3))
+    );
+    assert_eq!(runs[1].output, Some(json!({"sid": "S1"})));
+    assert_eq!(
+        (runs[2].step_id.as_str(), runs[2].state),
+        ("status", StepState::Running)
+    );
+    let e = s.get_execution("t-cs", "cs1").await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.cursor.as_deref()),
+        (ExecState::Running, Some("status"))
+    );
+
+    // Without an earlier step to write, only the boundary and the start.
+    let seq = s
+        .checkpoint_start_step(
+            "cs1",
+            "w-cs",
+            None,
+            &at("again", json!({})),
+            &call("again"),
+            now + 4,
+            1_000_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(seq, Some(4));
+    let runs = s.step_runs("cs1").await.unwrap();
+    assert_eq!(runs.len(), 4);
+    assert_eq!(runs[2].state, StepState::Running, "untouched");
 }
 
 /// `record_step` and `finish_step_checkpoint` write a step's end and the boundary after it
@@ -96,28 +262,9 @@ pub async fn run(store: &dyn OrchestratorStore) {
 async fn step_results_with_their_checkpoint(s: &dyn OrchestratorStore) {
     use crate::domain::{StepKind, StepState};
     let now = 900_000_000_000;
-    s.create_execution(&new_execution("rs1", "t-rs", "f", ""), None, 0, now)
-        .await
-        .unwrap();
-    let claimed = s
-        .claim("w-rs", now, 1_000_000, 1_000, caps(100_000, 100_000))
-        .await
-        .unwrap();
-    assert!(claimed.iter().any(|e| e.id == "rs1"));
-    let instant = NewStepRun {
-        step_id: "cond".into(),
-        kind: StepKind::Condition,
-        attempt: 1,
-        iteration: vec![],
-        method: String::new(),
-        input: None,
-    };
-    let ok = |out: serde_json::Value| StepEnd {
-        state: StepState::Succeeded,
-        output: Some(out),
-        error: None,
-        resume_us: None,
-    };
+    claimed(s, "rs1", "t-rs", "w-rs", now).await;
+    let instant = condition_run();
+    let ok = succeeded;
     let next = Checkpoint {
         state: ExecState::Running,
         cursor: Some("call".into()),
@@ -135,15 +282,7 @@ async fn step_results_with_their_checkpoint(s: &dyn OrchestratorStore) {
         None,
         "not the lease holder"
     );
-    assert!(s.step_runs("rs1").await.unwrap().is_empty());
-    assert_eq!(
-        s.get_execution("t-rs", "rs1")
-            .await
-            .unwrap()
-            .unwrap()
-            .cursor,
-        None
-    );
+    nothing_written(s, "t-rs", "rs1").await;
     assert_eq!(
         s.record_step("rs1", "w-rs", &instant, &end, &next, now + 2, 1_000_000)
             .await

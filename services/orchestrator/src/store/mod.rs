@@ -197,6 +197,15 @@ pub struct StepEnd {
     pub resume_us: Option<i64>,
 }
 
+/// A step's end not yet written, carried into the next step boundary's transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepWrite {
+    /// A step that started and ended at once (condition, set, fail): its whole run.
+    Record(NewStepRun, StepEnd),
+    /// The end of step run `seq`, whose start is stored already.
+    Finish(i64, StepEnd),
+}
+
 #[async_trait]
 pub trait OrchestratorStore: Send + Sync + 'static {
     // ---- flows and versions
@@ -393,6 +402,23 @@ pub trait OrchestratorStore: Send + Sync + 'static {
         now: i64,
         lease_us: i64,
     ) -> Result<bool>;
+
+    /// The step boundary before a port call and the call's start, in one transaction: the
+    /// earlier step's end (`before`), the checkpoint `cp`, and `run` recorded as started (the
+    /// lease renewed as [`start_step`](Self::start_step) does). Returns the started run's seq;
+    /// `None` (nothing written) when the lease is lost. Equivalent to the checkpoint and then
+    /// `start_step`, with no state between them that a resume could see.
+    #[allow(clippy::too_many_arguments)]
+    async fn checkpoint_start_step(
+        &self,
+        id: &str,
+        worker: &str,
+        before: Option<&StepWrite>,
+        cp: &Checkpoint,
+        run: &NewStepRun,
+        now: i64,
+        lease_us: i64,
+    ) -> Result<Option<i64>>;
 
     // The methods below have defaults so that wrappers written against the first version of
     // this trait (the bench's timing store) keep compiling; SqlStore implements all of them.

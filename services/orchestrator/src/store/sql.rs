@@ -16,7 +16,7 @@ use sqlx::Row;
 
 use super::{
     Checkpoint, ClaimCaps, ExecutionFilter, ExecutionRecord, FlowRecord, Limits, LimitsRecord,
-    NewExecution, NewStepRun, OrchestratorStore, StepEnd, StepRunRecord, TriggerFilter,
+    NewExecution, NewStepRun, OrchestratorStore, StepEnd, StepRunRecord, StepWrite, TriggerFilter,
     TriggerRecord, VersionRecord,
 };
 use crate::domain::{ExecError, ExecState, StepKind, StepState, TriggerKind, VersionState};
@@ -297,6 +297,42 @@ const FINISH_STEP: &str =
     "UPDATE step_runs SET state = $3, output = $4, error = $5, resume_us = $6, \
     end_us = CASE WHEN $3 = 'waiting' THEN NULL ELSE $7 END \
     WHERE execution_id = $1 AND seq = $2 AND state IN ('running', 'waiting')";
+
+/// A checkpoint that takes `$14` step-run seqs (the last one is returned).
+const CHECKPOINT_TAKE_SEQS: &str = concat!(
+    "UPDATE executions SET next_seq = next_seq + $14, ",
+    checkpoint_set!(),
+    " WHERE ",
+    lease_held!(),
+    " RETURNING next_seq"
+);
+/// A step run as started (state running) or as recorded whole (started and ended at `$13`).
+const INSERT_STEP_RUN: &str =
+    "INSERT INTO step_runs (execution_id, seq, step_id, kind, attempt, state, \
+     iteration, method, input, output, error, resume_us, start_us, end_us) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+     CASE WHEN $6 IN ('running', 'waiting') THEN NULL ELSE $13 END)";
+
+/// Binds [`INSERT_STEP_RUN`]: `run` started at `$now`, ended there too when `end` is given.
+macro_rules! bind_step_run {
+    ($q:expr, $id:expr, $seq:expr, $run:expr, $end:expr, $now:expr) => {{
+        let run: &NewStepRun = $run;
+        let end: Option<&StepEnd> = $end;
+        $q.bind($id)
+            .bind($seq)
+            .bind(&run.step_id)
+            .bind(run.kind.as_str())
+            .bind(run.attempt)
+            .bind(end.map_or(StepState::Running.as_str(), |e| e.state.as_str()))
+            .bind(iteration_text(&run.iteration))
+            .bind(&run.method)
+            .bind(run.input.as_ref().map(to_text))
+            .bind(end.and_then(|e| e.output.as_ref()).map(to_text))
+            .bind(end.and_then(|e| e.error.as_ref()).map(to_text))
+            .bind(end.and_then(|e| e.resume_us))
+            .bind($now)
+    }};
+}
 
 /// Binds `$1`–`$13` of [`CHECKPOINT`] and [`CHECKPOINT_NEXT_SEQ`].
 macro_rules! bind_checkpoint {
@@ -1317,21 +1353,9 @@ impl OrchestratorStore for SqlStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(seq) = seq {
-                sqlx::query(
-                    "INSERT INTO step_runs (execution_id, seq, step_id, kind, attempt, state, iteration, method, input, start_us) \
-                     VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, $9)",
-                )
-                .bind(id)
-                .bind(seq)
-                .bind(&run.step_id)
-                .bind(run.kind.as_str())
-                .bind(run.attempt)
-                .bind(iteration_text(&run.iteration))
-                .bind(&run.method)
-                .bind(run.input.as_ref().map(to_text))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                bind_step_run!(sqlx::query(INSERT_STEP_RUN), id, seq, run, None, now)
+                    .execute(&mut *tx)
+                    .await?;
             }
             seq
         }))
@@ -1369,26 +1393,67 @@ impl OrchestratorStore for SqlStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(seq) = seq {
-                sqlx::query(
-                    "INSERT INTO step_runs (execution_id, seq, step_id, kind, attempt, state, iteration, method, input, \
-                     output, error, resume_us, start_us, end_us) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CASE WHEN $6 = 'waiting' THEN NULL ELSE $13 END)",
-                )
-                .bind(id)
-                .bind(seq)
-                .bind(&run.step_id)
-                .bind(run.kind.as_str())
-                .bind(run.attempt)
-                .bind(end.state.as_str())
-                .bind(iteration_text(&run.iteration))
-                .bind(&run.method)
-                .bind(run.input.as_ref().map(to_text))
-                .bind(end.output.as_ref().map(to_text))
-                .bind(end.error.as_ref().map(to_text))
-                .bind(end.resume_us)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                bind_step_run!(sqlx::query(INSERT_STEP_RUN), id, seq, run, Some(end), now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            seq
+        }))
+    }
+
+    async fn checkpoint_start_step(
+        &self,
+        id: &str,
+        worker: &str,
+        before: Option<&StepWrite>,
+        cp: &Checkpoint,
+        run: &NewStepRun,
+        now: i64,
+        lease_us: i64,
+    ) -> Result<Option<i64>> {
+        // A recorded step takes a seq of its own, before the started one.
+        let seqs: i64 = if matches!(before, Some(StepWrite::Record(..))) {
+            2
+        } else {
+            1
+        };
+        Ok(write_tx!(&self.db, |tx| {
+            // The lease-checked boundary first: when it matches no row, nothing else is written.
+            let seq: Option<i64> = bind_checkpoint!(
+                sqlx::query_scalar(CHECKPOINT_TAKE_SEQS),
+                id,
+                worker,
+                cp,
+                now,
+                lease_us
+            )
+            .bind(seqs)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(seq) = seq {
+                match before {
+                    Some(StepWrite::Record(done, end)) => {
+                        bind_step_run!(
+                            sqlx::query(INSERT_STEP_RUN),
+                            id,
+                            seq - 1,
+                            done,
+                            Some(end),
+                            now
+                        )
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    Some(StepWrite::Finish(done, end)) => {
+                        bind_finish_step!(sqlx::query(FINISH_STEP), id, *done, end, now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    None => {}
+                }
+                bind_step_run!(sqlx::query(INSERT_STEP_RUN), id, seq, run, None, now)
+                    .execute(&mut *tx)
+                    .await?;
             }
             seq
         }))
