@@ -120,7 +120,7 @@ fn text_filter(v: &mut Violations, field: &str, value: String) -> Option<String>
 
 /// The retention in force for `tenant_id`: its settings over the platform defaults.
 async fn retention_of(api: &WebhookApi, tenant_id: &str) -> Result<Retention> {
-    let settings = api.store.get_retention(tenant_id).await?;
+    let settings = api.display_retention(tenant_id).await?;
     Ok(Retention::of(&api.config, settings.as_ref()))
 }
 
@@ -130,7 +130,7 @@ pub(super) async fn get_event(
 ) -> Result<Response<pb::GetEventResponse>, Status> {
     let pb::GetEventRequest { name } = request.into_inner();
     let (t, id) = child(&name, "events", "tenants/{tenant}/events/{event}")?;
-    // Both reads at once: the answer waits for one round trip, not two.
+    // Both at once: the settings are mostly cached, else the answer waits for one round trip.
     let (record, retention) =
         tokio::try_join!(api.store.get_event(&t, &id), retention_of(api, &t))?;
     let record = record.ok_or_else(|| Error::not_found(&name))?;
@@ -449,6 +449,7 @@ pub(super) async fn update_retention(
         .store
         .put_retention(&next, Some(expected.unwrap_or(current)), now_micros())
         .await?;
+    api.retention_changed(&stored);
     Ok(Response::new(pb::UpdateEventRetentionSettingsResponse {
         event_retention_settings: Some(retention_to_pb(&stored)),
     }))

@@ -34,6 +34,10 @@ pub struct WebhookApi {
     /// Recently resolved endpoints (and unknown accounts), so a burst of webhooks does not read
     /// the endpoint and its secrets for every request.
     resolved: maxai_kit::ttl_map::TtlMap<Option<ResolvedEndpoint>>,
+    /// Tenants' retention settings as the read APIs show them (the purge times of each record),
+    /// so reading one event is one storage read. Changes through this replica take effect at
+    /// once; the purge job itself always reads them from the store.
+    retention: maxai_kit::ttl_map::TtlMap<Option<crate::domain::RetentionSettings>>,
 }
 
 /// How long a resolution is reused. Changes made through this replica take effect at once
@@ -58,6 +62,7 @@ impl WebhookApi {
             keys,
             stored,
             resolved: maxai_kit::ttl_map::TtlMap::new(RESOLVE_CAPACITY),
+            retention: maxai_kit::ttl_map::TtlMap::new(RESOLVE_CAPACITY),
         }
     }
 
@@ -101,6 +106,29 @@ impl WebhookApi {
     /// Forgets every cached resolution (after an endpoint changed here).
     pub(crate) fn forget_endpoints(&self) {
         self.resolved.clear();
+    }
+
+    /// The tenant's retention settings for display, reused for as long as a resolution is.
+    pub(crate) async fn display_retention(
+        &self,
+        tenant_id: &str,
+    ) -> maxai_kit::Result<Option<crate::domain::RetentionSettings>> {
+        if let Some(hit) = self.retention.get(tenant_id) {
+            return Ok(hit);
+        }
+        let stored = self.store.get_retention(tenant_id).await?;
+        self.retention
+            .insert(tenant_id.to_owned(), stored.clone(), RESOLVE_TTL);
+        Ok(stored)
+    }
+
+    /// Shows `settings` from now on (they were just stored here).
+    pub(crate) fn retention_changed(&self, settings: &crate::domain::RetentionSettings) {
+        self.retention.insert(
+            settings.tenant_id.clone(),
+            Some(settings.clone()),
+            RESOLVE_TTL,
+        );
     }
 }
 
