@@ -250,9 +250,13 @@ impl Ingress {
 
     /// The REST paths of `n` events stored through the gateway (`n` ≤ 100), for the
     /// authenticated read of one stored row: `GET /v1/tenants/{t}/events/{id}`.
-    pub async fn event_paths(&self, token: &str, n: usize) -> anyhow::Result<Vec<String>> {
-        let events = StripeEvents::new();
-        let target = target(&events)?;
+    pub async fn event_paths(
+        &self,
+        events: &Arc<StripeEvents>,
+        token: &str,
+        n: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let target = target(events)?;
         let mut conn = load::http_connect(self.gateway).await?;
         for i in 0..n as u64 {
             let (status, body) = load::http_call(&mut conn, target.request(i)).await?;
