@@ -68,7 +68,7 @@ const EVENT_TYPE: &str = "voice.call.ended";
 const SEND_SMS: &str = "maxai.ports.messaging.v1.MessagingService/SendSms";
 const GET_STATUS: &str = "maxai.ports.messaging.v1.MessagingService/GetMessageStatus";
 /// Store calls the breakdown times, in the order the note lists them.
-const OPS: [&str; 13] = [
+const OPS: [&str; 11] = [
     "list_triggers",
     "get_limits",
     "consume_event",
@@ -79,12 +79,10 @@ const OPS: [&str; 13] = [
     "finish_step",
     "checkpoint",
     "renew",
-    "record_step",
-    "finish_step_checkpoint",
-    "checkpoint_start_step",
+    "write_boundary",
 ];
 /// The ones that write (one transaction, so one commit, each).
-const WRITES: [usize; 9] = [2, 3, 6, 7, 8, 9, 10, 11, 12];
+const WRITES: [usize; 7] = [2, 3, 6, 7, 8, 9, 10];
 
 /// The flow every event starts: the condition holds for the bench's calls (95 s long).
 fn definition() -> Value {
@@ -489,13 +487,13 @@ impl OrchestratorStore for TimedStore {
         }
         written
     }
-    async fn record_step(
+    async fn write_boundary(
         &self,
         id: &str,
         worker: &str,
-        run: &NewStepRun,
-        end: &StepEnd,
+        before: Option<&StepWrite>,
         cp: &Checkpoint,
+        start: Option<&NewStepRun>,
         now: i64,
         lease_us: i64,
     ) -> maxai_kit::Result<Option<i64>> {
@@ -503,54 +501,10 @@ impl OrchestratorStore for TimedStore {
             .timed(
                 10,
                 self.inner
-                    .record_step(id, worker, run, end, cp, now, lease_us),
+                    .write_boundary(id, worker, before, cp, start, now, lease_us),
             )
             .await;
         if matches!(written, Ok(Some(_))) {
-            self.checkpointed(id, cp);
-        }
-        written
-    }
-    async fn checkpoint_start_step(
-        &self,
-        id: &str,
-        worker: &str,
-        before: Option<&StepWrite>,
-        cp: &Checkpoint,
-        run: &NewStepRun,
-        now: i64,
-        lease_us: i64,
-    ) -> maxai_kit::Result<Option<i64>> {
-        let written = self
-            .timed(
-                12,
-                self.inner
-                    .checkpoint_start_step(id, worker, before, cp, run, now, lease_us),
-            )
-            .await;
-        if matches!(written, Ok(Some(_))) {
-            self.checkpointed(id, cp);
-        }
-        written
-    }
-    async fn finish_step_checkpoint(
-        &self,
-        id: &str,
-        worker: &str,
-        seq: i64,
-        end: &StepEnd,
-        cp: &Checkpoint,
-        now: i64,
-        lease_us: i64,
-    ) -> maxai_kit::Result<bool> {
-        let written = self
-            .timed(
-                11,
-                self.inner
-                    .finish_step_checkpoint(id, worker, seq, end, cp, now, lease_us),
-            )
-            .await;
-        if matches!(written, Ok(true)) {
             self.checkpointed(id, cp);
         }
         written

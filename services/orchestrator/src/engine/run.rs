@@ -264,15 +264,10 @@ impl Run<'_> {
         let (now, lease_us) = (now_micros(), self.lease_us());
         let ok = match pending {
             None => store.checkpoint(id, worker, &cp, now, lease_us).await?,
-            Some(StepWrite::Record(run, end)) => store
-                .record_step(id, worker, &run, &end, &cp, now, lease_us)
+            Some(before) => store
+                .write_boundary(id, worker, Some(&before), &cp, None, now, lease_us)
                 .await?
                 .is_some(),
-            Some(StepWrite::Finish(seq, end)) => {
-                store
-                    .finish_step_checkpoint(id, worker, seq, &end, &cp, now, lease_us)
-                    .await?
-            }
         };
         if ok && state.is_finished() {
             metrics::counter!(crate::metrics::EXECUTIONS_FINISHED_TOTAL, "state" => state.as_str())
@@ -332,7 +327,7 @@ impl Run<'_> {
         );
         let before = self.take_pending();
         store
-            .checkpoint_start_step(id, worker, before.as_ref(), &cp, run, now, lease_us)
+            .write_boundary(id, worker, before.as_ref(), &cp, Some(run), now, lease_us)
             .await
     }
 

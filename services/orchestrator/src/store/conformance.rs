@@ -131,7 +131,7 @@ pub async fn run(store: &dyn OrchestratorStore) {
     boundaries_with_the_next_calls_start(store).await;
 }
 
-/// `checkpoint_start_step` writes the last step's end, the boundary and the next call's start
+/// `write_boundary` with a start writes the last step's end, the boundary and the next call's start
 /// together — a recorded step before it takes its own seq — and nothing at all for a worker
 /// without the lease. Runs last, like the check above.
 async fn boundaries_with_the_next_calls_start(s: &dyn OrchestratorStore) {
@@ -165,7 +165,7 @@ async fn boundaries_with_the_next_calls_start(s: &dyn OrchestratorStore) {
     let started = |who: &'static str, t: i64| {
         let (recorded, cp1, run) = (recorded.clone(), cp1.clone(), call("sms"));
         async move {
-            s.checkpoint_start_step("cs1", who, Some(&recorded), &cp1, &run, t, 1_000_000)
+            s.write_boundary("cs1", who, Some(&recorded), &cp1, Some(&run), t, 1_000_000)
                 .await
                 .unwrap()
         }
@@ -208,12 +208,12 @@ async fn boundaries_with_the_next_calls_start(s: &dyn OrchestratorStore) {
         json!({"steps": {"sms": {"output": {"sid": "S1"}}}}),
     );
     let seq = s
-        .checkpoint_start_step(
+        .write_boundary(
             "cs1",
             "w-cs",
             Some(&finished),
             &cp2,
-            &call("status"),
+            Some(&call("status")),
             now + 3,
             1_000_000,
         )
@@ -239,12 +239,12 @@ async fn boundaries_with_the_next_calls_start(s: &dyn OrchestratorStore) {
 
     // Without an earlier step to write, only the boundary and the start.
     let seq = s
-        .checkpoint_start_step(
+        .write_boundary(
             "cs1",
             "w-cs",
             None,
             &at("again", json!({})),
-            &call("again"),
+            Some(&call("again")),
             now + 4,
             1_000_000,
         )
@@ -256,10 +256,11 @@ async fn boundaries_with_the_next_calls_start(s: &dyn OrchestratorStore) {
     assert_eq!(runs[2].state, StepState::Running, "untouched");
 }
 
-/// `record_step` and `finish_step_checkpoint` write a step's end and the boundary after it
-/// together, and nothing at all for a worker without the lease. Runs last: it claims whatever
-/// is runnable and only looks at its own execution.
+/// `write_boundary` writes a step's end (a whole instant step, or a started run's end) and the
+/// boundary after it together, and nothing at all for a worker without the lease. Runs last:
+/// it claims whatever is runnable and only looks at its own execution.
 async fn step_results_with_their_checkpoint(s: &dyn OrchestratorStore) {
+    use super::StepWrite;
     use crate::domain::{StepKind, StepState};
     let now = 900_000_000_000;
     claimed(s, "rs1", "t-rs", "w-rs", now).await;
@@ -274,19 +275,35 @@ async fn step_results_with_their_checkpoint(s: &dyn OrchestratorStore) {
         output: None,
         error: None,
     };
-    let end = ok(json!({"result": true}));
+    let recorded = StepWrite::Record(instant.clone(), ok(json!({"result": true})));
     assert_eq!(
-        s.record_step("rs1", "intruder", &instant, &end, &next, now + 1, 1_000_000)
-            .await
-            .unwrap(),
+        s.write_boundary(
+            "rs1",
+            "intruder",
+            Some(&recorded),
+            &next,
+            None,
+            now + 1,
+            1_000_000
+        )
+        .await
+        .unwrap(),
         None,
         "not the lease holder"
     );
     nothing_written(s, "t-rs", "rs1").await;
     assert_eq!(
-        s.record_step("rs1", "w-rs", &instant, &end, &next, now + 2, 1_000_000)
-            .await
-            .unwrap(),
+        s.write_boundary(
+            "rs1",
+            "w-rs",
+            Some(&recorded),
+            &next,
+            None,
+            now + 2,
+            1_000_000
+        )
+        .await
+        .unwrap(),
         Some(1)
     );
     let e = s.get_execution("t-rs", "rs1").await.unwrap().unwrap();
@@ -317,11 +334,20 @@ async fn step_results_with_their_checkpoint(s: &dyn OrchestratorStore) {
         output: Some(json!({"sid": "S1"})),
         ..next.clone()
     };
-    let answer = ok(json!({"sid": "S1"}));
-    assert!(!s
-        .finish_step_checkpoint("rs1", "intruder", seq, &answer, &done, now + 4, 1_000_000)
+    let answer = StepWrite::Finish(seq, ok(json!({"sid": "S1"})));
+    assert!(s
+        .write_boundary(
+            "rs1",
+            "intruder",
+            Some(&answer),
+            &done,
+            None,
+            now + 4,
+            1_000_000
+        )
         .await
-        .unwrap());
+        .unwrap()
+        .is_none());
     let runs = s.step_runs("rs1").await.unwrap();
     assert_eq!(
         runs[1].state,
@@ -329,9 +355,18 @@ async fn step_results_with_their_checkpoint(s: &dyn OrchestratorStore) {
         "nothing written without the lease"
     );
     assert!(s
-        .finish_step_checkpoint("rs1", "w-rs", seq, &answer, &done, now + 5, 1_000_000)
+        .write_boundary(
+            "rs1",
+            "w-rs",
+            Some(&answer),
+            &done,
+            None,
+            now + 5,
+            1_000_000
+        )
         .await
-        .unwrap());
+        .unwrap()
+        .is_some());
     let e = s.get_execution("t-rs", "rs1").await.unwrap().unwrap();
     assert_eq!(e.state, ExecState::Succeeded);
     assert_eq!(e.output, Some(json!({"sid": "S1"})));
@@ -340,18 +375,19 @@ async fn step_results_with_their_checkpoint(s: &dyn OrchestratorStore) {
     assert_eq!(runs[1].state, StepState::Succeeded);
     assert_eq!(runs[1].output, Some(json!({"sid": "S1"})));
     // Finished: the lease is gone, so a late writer changes nothing.
-    assert!(!s
-        .finish_step_checkpoint(
+    assert!(s
+        .write_boundary(
             "rs1",
             "w-rs",
-            seq,
-            &ok(json!({})),
+            Some(&StepWrite::Finish(seq, ok(json!({})))),
             &done,
+            None,
             now + 6,
             1_000_000
         )
         .await
-        .unwrap());
+        .unwrap()
+        .is_none());
 }
 
 /// A worker died holding a tenant at its cap (or the platform at the global cap): its expired

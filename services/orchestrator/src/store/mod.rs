@@ -374,48 +374,20 @@ pub trait OrchestratorStore: Send + Sync + 'static {
         now: i64,
     ) -> Result<bool>;
 
-    /// A step attempt that starts and ends at once (condition, set, fail) and the step
-    /// boundary after it, in one transaction: the step run is recorded finished and `cp` is
-    /// written, or — when the lease is lost — nothing is (`None`). Returns the run's seq.
+    /// One step boundary in one transaction: the last step's end not yet written (`before`:
+    /// a whole instant step, or the end of a started run), the checkpoint `cp`, and — when the
+    /// next step is a port call — that call's attempt recorded as started (`start`, the lease
+    /// renewed as [`start_step`](Self::start_step) does). A recorded step takes a seq of its
+    /// own, before the started one. Returns the last seq taken (the started run's when there is
+    /// one); `None`, with nothing written, when the lease is lost.
     #[allow(clippy::too_many_arguments)]
-    async fn record_step(
-        &self,
-        id: &str,
-        worker: &str,
-        run: &NewStepRun,
-        end: &StepEnd,
-        cp: &Checkpoint,
-        now: i64,
-        lease_us: i64,
-    ) -> Result<Option<i64>>;
-
-    /// Ends step run `seq` and writes the step boundary after it in one transaction; `false`
-    /// (nothing written) when the lease is lost.
-    #[allow(clippy::too_many_arguments)]
-    async fn finish_step_checkpoint(
-        &self,
-        id: &str,
-        worker: &str,
-        seq: i64,
-        end: &StepEnd,
-        cp: &Checkpoint,
-        now: i64,
-        lease_us: i64,
-    ) -> Result<bool>;
-
-    /// The step boundary before a port call and the call's start, in one transaction: the
-    /// earlier step's end (`before`), the checkpoint `cp`, and `run` recorded as started (the
-    /// lease renewed as [`start_step`](Self::start_step) does). Returns the started run's seq;
-    /// `None` (nothing written) when the lease is lost. Equivalent to the checkpoint and then
-    /// `start_step`, with no state between them that a resume could see.
-    #[allow(clippy::too_many_arguments)]
-    async fn checkpoint_start_step(
+    async fn write_boundary(
         &self,
         id: &str,
         worker: &str,
         before: Option<&StepWrite>,
         cp: &Checkpoint,
-        run: &NewStepRun,
+        start: Option<&NewStepRun>,
         now: i64,
         lease_us: i64,
     ) -> Result<Option<i64>>;

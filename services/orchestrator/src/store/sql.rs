@@ -285,14 +285,6 @@ const CHECKPOINT: &str = concat!(
     " WHERE ",
     lease_held!()
 );
-/// A checkpoint that also takes the next step-run seq.
-const CHECKPOINT_NEXT_SEQ: &str = concat!(
-    "UPDATE executions SET next_seq = next_seq + 1, ",
-    checkpoint_set!(),
-    " WHERE ",
-    lease_held!(),
-    " RETURNING next_seq"
-);
 const FINISH_STEP: &str =
     "UPDATE step_runs SET state = $3, output = $4, error = $5, resume_us = $6, \
     end_us = CASE WHEN $3 = 'waiting' THEN NULL ELSE $7 END \
@@ -334,7 +326,7 @@ macro_rules! bind_step_run {
     }};
 }
 
-/// Binds `$1`–`$13` of [`CHECKPOINT`] and [`CHECKPOINT_NEXT_SEQ`].
+/// Binds `$1`–`$13` of [`CHECKPOINT`] and [`CHECKPOINT_TAKE_SEQS`].
 macro_rules! bind_checkpoint {
     ($q:expr, $id:expr, $worker:expr, $cp:expr, $now:expr, $lease_us:expr) => {{
         let cp: &Checkpoint = $cp;
@@ -1370,56 +1362,21 @@ impl OrchestratorStore for SqlStore {
         Ok(())
     }
 
-    async fn record_step(
-        &self,
-        id: &str,
-        worker: &str,
-        run: &NewStepRun,
-        end: &StepEnd,
-        cp: &Checkpoint,
-        now: i64,
-        lease_us: i64,
-    ) -> Result<Option<i64>> {
-        Ok(write_tx!(&self.db, |tx| {
-            // The lease-checked boundary first: when it matches no row, nothing else is written.
-            let seq: Option<i64> = bind_checkpoint!(
-                sqlx::query_scalar(CHECKPOINT_NEXT_SEQ),
-                id,
-                worker,
-                cp,
-                now,
-                lease_us
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(seq) = seq {
-                bind_step_run!(sqlx::query(INSERT_STEP_RUN), id, seq, run, Some(end), now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            seq
-        }))
-    }
-
-    async fn checkpoint_start_step(
+    async fn write_boundary(
         &self,
         id: &str,
         worker: &str,
         before: Option<&StepWrite>,
         cp: &Checkpoint,
-        run: &NewStepRun,
+        start: Option<&NewStepRun>,
         now: i64,
         lease_us: i64,
     ) -> Result<Option<i64>> {
-        // A recorded step takes a seq of its own, before the started one.
-        let seqs: i64 = if matches!(before, Some(StepWrite::Record(..))) {
-            2
-        } else {
-            1
-        };
+        let recorded = i64::from(matches!(before, Some(StepWrite::Record(..))));
+        let started = i64::from(start.is_some());
         Ok(write_tx!(&self.db, |tx| {
             // The lease-checked boundary first: when it matches no row, nothing else is written.
-            let seq: Option<i64> = bind_checkpoint!(
+            let last: Option<i64> = bind_checkpoint!(
                 sqlx::query_scalar(CHECKPOINT_TAKE_SEQS),
                 id,
                 worker,
@@ -1427,59 +1384,31 @@ impl OrchestratorStore for SqlStore {
                 now,
                 lease_us
             )
-            .bind(seqs)
+            .bind(recorded + started)
             .fetch_optional(&mut *tx)
             .await?;
-            if let Some(seq) = seq {
+            if let Some(last) = last {
                 match before {
                     Some(StepWrite::Record(done, end)) => {
-                        bind_step_run!(
-                            sqlx::query(INSERT_STEP_RUN),
-                            id,
-                            seq - 1,
-                            done,
-                            Some(end),
-                            now
-                        )
-                        .execute(&mut *tx)
-                        .await?;
+                        let seq = last - started;
+                        bind_step_run!(sqlx::query(INSERT_STEP_RUN), id, seq, done, Some(end), now)
+                            .execute(&mut *tx)
+                            .await?;
                     }
-                    Some(StepWrite::Finish(done, end)) => {
-                        bind_finish_step!(sqlx::query(FINISH_STEP), id, *done, end, now)
+                    Some(StepWrite::Finish(seq, end)) => {
+                        bind_finish_step!(sqlx::query(FINISH_STEP), id, *seq, end, now)
                             .execute(&mut *tx)
                             .await?;
                     }
                     None => {}
                 }
-                bind_step_run!(sqlx::query(INSERT_STEP_RUN), id, seq, run, None, now)
-                    .execute(&mut *tx)
-                    .await?;
+                if let Some(run) = start {
+                    bind_step_run!(sqlx::query(INSERT_STEP_RUN), id, last, run, None, now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
-            seq
-        }))
-    }
-
-    async fn finish_step_checkpoint(
-        &self,
-        id: &str,
-        worker: &str,
-        seq: i64,
-        end: &StepEnd,
-        cp: &Checkpoint,
-        now: i64,
-        lease_us: i64,
-    ) -> Result<bool> {
-        Ok(write_tx!(&self.db, |tx| {
-            let n = bind_checkpoint!(sqlx::query(CHECKPOINT), id, worker, cp, now, lease_us)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n == 1 {
-                bind_finish_step!(sqlx::query(FINISH_STEP), id, seq, end, now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            n == 1
+            last
         }))
     }
 
